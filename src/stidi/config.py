@@ -1,0 +1,193 @@
+"""Typed configuration: model, learning rule and training, loaded from TOML and the CLI.
+
+A config file has up to three tables, every key optional::
+
+    [model]
+    network = "32C5-P2-64C5-P2-10"
+    T = 256
+    tau = inf            # TOML's inf: the pure ramp PSP
+
+    [rule]
+    gamma = 60.0
+
+    [train]
+    dataset = "mnist"
+    epochs = 3
+    lr = [0.03, 0.03, 0.03]   # one per weighted layer, or a single value
+
+Every field is checked when the file is loaded; an unknown key, a wrong type or a
+value out of range raises :class:`~stidi.errors.ConfigError` naming the field, the
+value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import tomllib
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import ConfigError
+from .layers import parse_spec
+
+Check = tuple[Callable[[Any], bool], str]
+
+POSITIVE: Check = (lambda v: v > 0, "a number > 0")
+NON_NEGATIVE: Check = (lambda v: v >= 0, "a number ≥ 0")
+FRACTION: Check = (lambda v: 0 < v <= 1, "a number in (0, 1]")
+
+
+def one_of(*choices: str) -> Check:
+    return (lambda v: v in choices, "one of " + ", ".join(repr(c) for c in choices))
+
+
+def each(check: Check) -> Check:
+    """Apply ``check`` to a scalar or to every element of a list."""
+    test, text = check
+    return (lambda v: all(test(x) for x in v) if isinstance(v, list) else test(v), f"{text} (or a list of them)")
+
+
+def _field(default: Any, check: Check | None = None, help: str = "") -> Any:
+    factory = (lambda: list(default)) if isinstance(default, list) else None
+    meta = {"check": check, "help": help}
+    return field(default_factory=factory, metadata=meta) if factory else field(default=default, metadata=meta)
+
+
+@dataclass
+class ModelConfig:
+    """Network shape and neuron model."""
+
+    network: str = _field("32C5-P2-64C5-P2-10", None, "layer spec, e.g. 32C5-P2-64C5-P2-10 or 784-400-10")
+    input_shape: list = _field([1, 28, 28], (lambda v: len(v) in (1, 3) and all(isinstance(x, int) and x > 0 for x in v), "[C, H, W] or [N] of positive integers"), "shape of one input image")
+    T: int = _field(256, POSITIVE, "last time step of the window 0..T")
+    tau: float = _field(math.inf, POSITIVE, "PSP rise time in steps (inf: pure ramp, 1: step)")
+    forced_firing: bool = _field(True, None, "an output that never reached threshold fires at T")
+    threshold: float | list = _field(1.0, each(POSITIVE), "firing threshold per weighted layer")
+    init_firing_fraction: float | list = _field([0.3, 0.3, 0.3], each(FRACTION), "fraction of each weighted layer that fires before T after initialisation")
+
+
+@dataclass
+class RuleConfig:
+    """Options of the STiDi-BP learning rule (see docs/algorithm.md)."""
+
+    gamma: float = _field(60.0, NON_NEGATIVE, "margin (steps) between the true class and the others")
+    latency_derivative: str = _field("linear", one_of("linear", "unit"), "dt/du ≈ -t/θ ('linear') or -1 ('unit')")
+    displacement_gate: str = _field("mask", one_of("mask", "slope"), "g in the displacement: fired-before mask or PSP slope ε'")
+    error_norm: str = _field("l2", one_of("l2", "none"), "per-layer, per-sample error normalisation")
+    conv_update: str = _field("sum", one_of("sum", "mean"), "shared conv weights: sum or average over positions")
+
+
+@dataclass
+class TrainConfig:
+    """Data, optimiser and schedule."""
+
+    dataset: str = _field("mnist", one_of("mnist", "fashion-mnist"), "built-in dataset")
+    epochs: int = _field(3, POSITIVE, "passes over the training set")
+    batch_size: int = _field(32, POSITIVE, "images per update")
+    optimizer: str = _field("adam", one_of("adam", "sgd"), "how update directions become steps")
+    lr: float | list = _field(0.03, each(POSITIVE), "learning rate per weighted layer, relative to the layer's initial weight std")
+    lr_schedule: str = _field("cosine", one_of("constant", "cosine"), "learning-rate schedule over the epochs")
+    train_limit: int = _field(0, NON_NEGATIVE, "use only the first N training images (0: all)")
+    test_limit: int = _field(0, NON_NEGATIVE, "evaluate on the first N test images (0: all)")
+    seed: int = _field(0, NON_NEGATIVE, "seed of initialisation and shuffling")
+    threads: int = _field(0, NON_NEGATIVE, "CPU threads (0: PyTorch's default)")
+
+
+@dataclass
+class Config:
+    """The whole configuration of a run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    rule: RuleConfig = field(default_factory=RuleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+SECTIONS = {"model": ModelConfig, "rule": RuleConfig, "train": TrainConfig}
+
+
+def _type_ok(value: Any, annotation: str) -> bool:
+    kinds = {"str": str, "int": int, "float": (int, float), "bool": bool, "list": list}
+    options = [a.strip() for a in annotation.split("|")]
+    for option in options:
+        kind = kinds[option]
+        if isinstance(value, bool) and option != "bool":
+            continue
+        if isinstance(value, kind):
+            return True
+    return False
+
+
+def _coerce(section: str, f, value: Any, source: str) -> Any:
+    name = f"{section}.{f.name}"
+    if not _type_ok(value, f.type):
+        raise ConfigError(f"{source}: {name} = {value!r} has the wrong type; expected {f.type.replace('|', 'or')} ({f.metadata['help']})")
+    if isinstance(value, list) and "float" in f.type and not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value):
+        raise ConfigError(f"{source}: {name} = {value!r}: every element must be a number")
+    if "float" in f.type and isinstance(value, int):
+        value = float(value)
+    check = f.metadata.get("check")
+    if check is not None and not check[0](value):
+        raise ConfigError(f"{source}: {name} = {value!r} is out of range; allowed: {check[1]}")
+    return value
+
+
+def _section_from(section: str, values: dict, base: Any, source: str) -> Any:
+    cls = SECTIONS[section]
+    known = {f.name: f for f in fields(cls)}
+    updates = {}
+    for key, value in values.items():
+        if key not in known:
+            hint = difflib.get_close_matches(key, known, n=1)
+            extra = f"; did you mean '{hint[0]}'?" if hint else f"; known keys: {', '.join(known)}"
+            raise ConfigError(f"{source}: unknown key '{section}.{key}'{extra}")
+        updates[key] = _coerce(section, known[key], value, source)
+    return replace(base, **updates)
+
+
+def merge(config: Config, values: dict[str, dict], source: str) -> Config:
+    """A copy of ``config`` with ``values`` (``{section: {key: value}}``) applied and checked."""
+    out = config
+    for section, table in values.items():
+        if section not in SECTIONS:
+            raise ConfigError(f"{source}: unknown table [{section}]; expected one of [model], [rule], [train]")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{source}: [{section}] must be a table of key = value pairs")
+        out = replace(out, **{section: _section_from(section, table, getattr(out, section), source)})
+    validate(out, source)
+    return out
+
+
+def validate(config: Config, source: str = "config") -> None:
+    """Checks across fields: the network must parse and fit the input shape."""
+    try:
+        parse_spec(config.model.network, tuple(config.model.input_shape))
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: model.network: {exc}") from None
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, dict] | None = None) -> Config:
+    """Defaults, then the TOML file at ``path`` (if any), then ``overrides``."""
+    config = Config()
+    if path is not None:
+        p = Path(path)
+        try:
+            values = tomllib.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {p} does not exist") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+        config = merge(config, values, str(p))
+    if overrides:
+        config = merge(config, overrides, "command line")
+    validate(config)
+    return config
+
+
+def from_dict(values: dict, source: str = "config") -> Config:
+    """Rebuild a :class:`Config` from :meth:`Config.to_dict` output (e.g. a saved model's JSON)."""
+    return merge(Config(), values, source)

@@ -1,0 +1,53 @@
+"""Spike-time engines.
+
+* :mod:`stidi.kernels.reference` - a plain simulator that loops over every time step
+  (NumPy, float64). Slow, obviously correct; the yardstick for the property tests.
+* :mod:`stidi.kernels.vectorised` - the batched PyTorch engine (any device).
+* :mod:`stidi.kernels.event` - the event-driven numba engine, the default on CPU.
+
+All implement the same pure functions on spike-time arrays, where a neuron that never
+fired has time ``+inf``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+
+from . import event, vectorised
+
+#: Engine used when none is named: ``"event"`` when numba is installed, else ``"vectorised"``.
+ENGINES = ("event", "vectorised")
+
+
+def default_engine() -> str:
+    """``$STIDI_ENGINE`` if set, else the event engine when available."""
+    chosen = os.environ.get("STIDI_ENGINE")
+    if chosen:
+        if chosen not in ENGINES:
+            raise ValueError(f"STIDI_ENGINE={chosen!r}: use one of {', '.join(ENGINES)}")
+        return chosen
+    return "event" if event.AVAILABLE else "vectorised"
+
+
+def _use_event(engine: str, t: torch.Tensor, tau: float) -> bool:
+    return engine == "event" and event.AVAILABLE and t.device.type == "cpu" and (math.isinf(tau) or float(tau).is_integer())
+
+
+def spike_times(t_in, weight, theta, T, tau, padding=0, engine: str | None = None):
+    """Spike times of a dense or convolution layer with the chosen engine."""
+    if _use_event(engine or default_engine(), t_in, tau):
+        return event.spike_times(t_in, weight, theta, T, tau, padding)
+    return vectorised.spike_times(t_in, weight, theta, T, tau, padding)
+
+
+def rule(t_in, t_out, delta, weight, gate, T, tau, padding=0, need_displacement=True, engine: str | None = None):
+    """``(update direction, displacement or None)`` of one weighted layer."""
+    if _use_event(engine or default_engine(), t_in, tau):
+        G, D = event.rule(t_in, t_out, delta, weight, gate, T, tau, padding)
+        return G, (D if need_displacement else None)
+    G = vectorised.update_direction(t_in, t_out, delta, weight, T, tau, padding)
+    D = vectorised.displacement(t_in, t_out, delta, weight, gate, T, tau, padding) if need_displacement else None
+    return G, D

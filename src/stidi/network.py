@@ -1,0 +1,174 @@
+"""A convolutional single-spike network: layers, weights, forward pass and readout.
+
+The network is a thin :class:`torch.nn.Module` around the pure engine functions of
+:mod:`stidi.kernels`. Its weights are parameters so that any ``torch.optim``
+optimiser can apply the STiDi-BP update directions; autograd is never used.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .errors import ConfigError
+from . import kernels
+from .kernels import vectorised as engine
+from .layers import Conv, Dense, Layer, Pool, parse_spec, shapes
+
+
+def per_layer(value: float | list[float], count: int, name: str) -> list[float]:
+    """Broadcast a scalar to ``count`` weighted layers, or check a list has that length."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != count:
+            raise ConfigError(f"{name}: got {len(value)} values for {count} weighted layers; give one per layer or a single value")
+        return [float(v) for v in value]
+    return [float(value)] * count
+
+
+@dataclass
+class Trace:
+    """Spike times of every layer for one batch: ``times[0]`` is the input, ``times[l+1]`` the output of layer ``l``.
+
+    ``winners[l]`` holds, for a pooling layer ``l``, the flat index of each window's winner.
+    Times are natural firing times (``inf`` for a neuron that never reached threshold).
+    """
+
+    times: list[torch.Tensor]
+    winners: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class Prediction:
+    """Readout of a batch: ``classes`` is ``-1`` where no unique earliest output exists."""
+
+    classes: torch.Tensor
+    output_times: torch.Tensor
+    decision_time: torch.Tensor
+
+
+class Network(nn.Module):
+    """Stack of dense, convolution and earliest-spike pooling layers of non-leaky IF neurons.
+
+    Args:
+        spec: layer spec string (see :mod:`stidi.layers`), e.g. ``"32C5-P2-64C5-P2-10"``.
+        input_shape: ``(C, H, W)`` of the images (or ``(N,)`` for flat inputs).
+        T: last time step of the window ``0 … T``.
+        tau: PSP rise time (``inf`` for the pure ramp).
+        thresholds: one firing threshold ``θ_l`` per weighted layer, or one for all.
+        forced_firing: an output neuron that never reached threshold counts as firing at ``T``.
+    """
+
+    def __init__(
+        self,
+        spec: str,
+        input_shape: tuple[int, ...] = (1, 28, 28),
+        T: int = 256,
+        tau: float = math.inf,
+        thresholds: float | list[float] = 1.0,
+        forced_firing: bool = True,
+    ) -> None:
+        super().__init__()
+        self.spec = spec
+        self.input_shape = tuple(int(s) for s in input_shape)
+        self.layers: list[Layer] = parse_spec(spec, self.input_shape)
+        self.shapes = shapes(self.layers, self.input_shape)
+        self.T, self.tau, self.forced_firing = int(T), float(tau), bool(forced_firing)
+        self.weighted = [i for i, layer in enumerate(self.layers) if not isinstance(layer, Pool)]
+        self.thresholds = per_layer(thresholds, len(self.weighted), "threshold")
+        if any(th <= 0 for th in self.thresholds):
+            raise ConfigError(f"threshold: every value must be > 0, got {self.thresholds}")
+        self.weights = nn.ParameterList(
+            nn.Parameter(torch.zeros(self.layers[i].weight_shape(self.shapes[i])), requires_grad=False)
+            for i in self.weighted
+        )
+
+    @property
+    def num_classes(self) -> int:
+        return self.layers[-1].units
+
+    def weight_of(self, layer_index: int) -> torch.Tensor:
+        """Weight used in the forward pass of weighted layer ``layer_index``."""
+        return self.weights[self.weighted.index(layer_index)]
+
+    def threshold_of(self, layer_index: int) -> float:
+        return self.thresholds[self.weighted.index(layer_index)]
+
+    def layer_forward(self, index: int, t_in: torch.Tensor, weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Output times of layer ``index`` (and pooling winners, for a pooling layer)."""
+        layer = self.layers[index]
+        if isinstance(layer, Pool):
+            return engine.earliest_pool(t_in, layer.kernel)
+        w = self.weight_of(index) if weight is None else weight
+        x = t_in.flatten(1) if isinstance(layer, Dense) else t_in
+        padding = layer.padding if isinstance(layer, Conv) else 0
+        return kernels.spike_times(x, w, self.threshold_of(index), self.T, self.tau, padding), None
+
+    @torch.no_grad()
+    def trace(self, t_in: torch.Tensor) -> Trace:
+        """Spike times of every layer for input spike times ``(B, *input_shape)``."""
+        tr = Trace([t_in])
+        for i in range(len(self.layers)):
+            t_out, winners = self.layer_forward(i, tr.times[-1])
+            if winners is not None:
+                tr.winners[i] = winners
+            tr.times.append(t_out)
+        return tr
+
+    @torch.no_grad()
+    def readout(self, trace: Trace) -> Prediction:
+        """Earliest output spike wins; ties go to the higher potential at that step.
+
+        A tie that the potential does not break, or (without forced firing) a sample
+        whose outputs all stayed silent, gets class ``-1`` and is never counted correct.
+        """
+        t_out = trace.times[-1]
+        t_read = t_out.clamp(max=self.T) if self.forced_firing else t_out
+        t_min = t_read.min(dim=1).values
+        decided = torch.isfinite(t_min)
+        last = len(self.layers) - 1
+        u = engine.potential_at(
+            trace.times[-2].flatten(1), self.weight_of(last), torch.where(decided, t_min, 0.0), self.T, self.tau
+        )
+        u = torch.where(t_read == t_min.unsqueeze(1), u, torch.full_like(u, -math.inf))
+        best = u.max(dim=1, keepdim=True).values
+        unique = ((u == best) & torch.isfinite(u)).sum(dim=1) == 1
+        classes = torch.where(decided & unique, u.argmax(dim=1), torch.full_like(t_min, -1, dtype=torch.long))
+        return Prediction(classes, t_out, t_min)
+
+    @torch.no_grad()
+    def predict(self, t_in: torch.Tensor) -> Prediction:
+        """Classes, output spike times and decision time for input spike times."""
+        return self.readout(self.trace(t_in))
+
+    @torch.no_grad()
+    def initialise(self, t_in: torch.Tensor, firing_fraction: float | list[float], generator: torch.Generator) -> list[float]:
+        """Random weights scaled so that a given fraction of each layer fires before ``T``.
+
+        Weights are drawn from ``N(0, 1)``; the potential is linear in the weights, so
+        scaling them by ``a`` scales every neuron's peak potential by ``a``. Layer by
+        layer, ``a = θ / q`` with ``q`` the ``(1 − f)``-quantile of the peak potentials
+        on the calibration batch ``t_in`` makes a fraction ``f`` of the neurons fire.
+        Returns the fraction that fires in each weighted layer afterwards.
+        """
+        fractions = per_layer(firing_fraction, len(self.weighted), "init_firing_fraction")
+        if any(not 0 < f <= 1 for f in fractions):
+            raise ConfigError(f"init_firing_fraction: values must be in (0, 1], got {fractions}")
+        reached = []
+        t = t_in
+        for i, layer in enumerate(self.layers):
+            if i in self.weighted:
+                k = self.weighted.index(i)
+                w = torch.randn(self.weights[k].shape, generator=generator, dtype=self.weights[k].dtype)
+                x = t.flatten(1) if isinstance(layer, Dense) else t
+                padding = layer.padding if isinstance(layer, Conv) else 0
+                _, u_max = engine.scan_potential(x, w, self.thresholds[k], self.T, self.tau, padding, track_max=True)
+                q = torch.quantile(u_max.flatten().double()[: 1 << 24], 1.0 - fractions[k]).item()
+                scale = self.thresholds[k] / q if q > 0 else 1.0 / math.sqrt(w[0].numel())
+                self.weights[k].copy_(w * scale)
+            t, _ = self.layer_forward(i, t)
+            if i in self.weighted:
+                reached.append(torch.isfinite(t).float().mean().item())
+        return reached

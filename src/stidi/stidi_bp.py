@@ -1,0 +1,110 @@
+"""STiDi-BP: spike time displacement based error backpropagation.
+
+No chain of derivatives crosses a layer. Each weighted layer ``l`` learns from its own
+temporal error ``e`` with a local rule, and the error of the layer below comes in one
+step from layer ``l``'s error and weights (the spike time displacement):
+
+* output targets (``t_min`` the earliest output spike, ``γ`` the margin): the true
+  class aims at ``t_min``, every other output that fired before ``t_min + γ`` aims at
+  ``t_min + γ``, the others keep their time; if no output fired the true class aims
+  at ``T − γ``. Error ``e_j = (target_j − t_j) / T``;
+* errors are normalised per layer and sample (``error_norm = "l2"``: ``e / ‖e‖₂``);
+* latency derivative ``∂t_j/∂u_j ≈ −t_j/θ_l`` (``latency_derivative = "linear"``:
+  the potential rises on a straight line from 0 to ``θ`` at ``t_j``) or ``−1``
+  (``"unit"``); with ``a_j`` its magnitude, ``δ_j = e_j a_j``;
+* local update ``Δw_ij = −η δ_j ε(t_j − t_i)``: gradient descent on
+  ``½ Σ_j (t_j − target_j)²`` under that approximation;
+* displacement ``Δt_i = Σ_j δ_j w_ij g(t_j − t_i)``, ``g`` the fired-before mask
+  ``[t_i < t_j]`` (``displacement_gate = "mask"``) or ``ε'`` (``"slope"``); the layer
+  below has error ``Δt_i / T``; pooling hands each displacement to its window's winner.
+
+Neurons that never fired enter the rule at ``t = T``. Update directions are averaged
+over the batch; a convolution's shared weights sum (``conv_update = "sum"``) or average
+(``"mean"``) the contributions of all positions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from . import kernels
+from .kernels import vectorised as engine
+from .layers import Conv, Dense, Pool
+from .network import Network, Trace
+
+
+@dataclass(frozen=True)
+class RuleOptions:
+    """The options of the learning rule (see the module docstring)."""
+
+    gamma: float = 5.0
+    latency_derivative: str = "linear"
+    displacement_gate: str = "mask"
+    error_norm: str = "l2"
+    conv_update: str = "sum"
+
+
+def output_error(t_out: torch.Tensor, labels: torch.Tensor, T: int, gamma: float, forced_firing: bool) -> torch.Tensor:
+    """Temporal error ``(target − t) / T`` of the output layer (unnormalised)."""
+    fired = torch.isfinite(t_out)
+    t = torch.where(fired, t_out, torch.full_like(t_out, T))
+    t_read = t if forced_firing else t_out
+    any_fired = fired.any(dim=1)
+    t_min = torch.where(fired, t_out, torch.full_like(t_out, float("inf"))).min(dim=1).values
+    t_min = torch.where(any_fired, t_min, torch.zeros_like(t_min))
+    rows = torch.arange(t.shape[0])
+    target = t.clone()
+    too_early = (t_read < (t_min + gamma).unsqueeze(1)) & any_fired.unsqueeze(1)
+    target = torch.where(too_early, (t_min + gamma).unsqueeze(1).expand_as(t), target)
+    target[rows, labels] = torch.where(any_fired, t_min, torch.full_like(t_min, T - gamma))
+    return (target - t) / T
+
+
+def normalise(e: torch.Tensor, mode: str) -> torch.Tensor:
+    """Scale each sample's error to unit L2 norm (``"l2"``) or leave it (``"none"``)."""
+    if mode == "none":
+        return e
+    norm = e.flatten(1).norm(dim=1).clamp_min(1e-12)
+    return e / norm.view(-1, *([1] * (e.dim() - 1)))
+
+
+def latency_gain(t: torch.Tensor, theta: float, mode: str) -> torch.Tensor:
+    """Magnitude of ``∂t/∂u``: ``t/θ`` (``"linear"``) or ``1`` (``"unit"``)."""
+    return t / theta if mode == "linear" else torch.ones_like(t)
+
+
+@torch.no_grad()
+def update_directions(net: Network, trace: Trace, labels: torch.Tensor, opts: RuleOptions) -> list[torch.Tensor]:
+    """STiDi-BP update directions ``G_l`` (one per weighted layer): apply ``w ← w − η G``.
+
+    Walks the layers from the top once. For every weighted layer it uses only that
+    layer's input and output spike times, its error and its own weights; the error
+    handed down is the displacement, never a product of derivatives.
+    """
+    T, B = net.T, labels.shape[0]
+    directions: list[torch.Tensor | None] = [None] * len(net.weighted)
+    error = normalise(output_error(trace.times[-1], labels, T, opts.gamma, net.forced_firing), opts.error_norm)
+    shift = None  # displacement of the current layer's outputs, from the layer above
+    for i in reversed(range(len(net.layers))):
+        layer, t_in, t_out = net.layers[i], trace.times[i], trace.times[i + 1]
+        if isinstance(layer, Pool):
+            shift = engine.route_to_winners(shift, trace.winners[i], t_in.shape)
+            continue
+        if shift is not None:
+            error = normalise(shift / T, opts.error_norm)
+        k = net.weighted.index(i)
+        w = net.weights[k]
+        theta = net.thresholds[k]
+        x = t_in.flatten(1) if isinstance(layer, Dense) else t_in
+        padding = layer.padding if isinstance(layer, Conv) else 0
+        t_rule = t_out.clamp(max=T)
+        delta = error.reshape(t_rule.shape) * latency_gain(t_rule, theta, opts.latency_derivative)
+        G, shift = kernels.rule(x, t_rule, delta, w, opts.displacement_gate, T, net.tau, padding, need_displacement=i > 0)
+        if isinstance(layer, Conv) and opts.conv_update == "mean":
+            G = G / (t_out.shape[-1] * t_out.shape[-2])
+        directions[k] = G / B
+        if shift is not None:
+            shift = shift.reshape(t_in.shape)
+    return directions
