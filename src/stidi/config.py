@@ -65,7 +65,7 @@ class ModelConfig:
     tau: float = _field(math.inf, POSITIVE, "PSP rise time in steps (inf: pure ramp, 1: step)")
     forced_firing: bool = _field(True, None, "an output that never reached threshold fires at T")
     threshold: float | list = _field(1.0, each(POSITIVE), "firing threshold per weighted layer")
-    init_firing_fraction: float | list = _field([0.3, 0.3, 0.3], each(FRACTION), "fraction of each weighted layer that fires before T after initialisation")
+    init_firing_fraction: float | list = _field(0.3, each(FRACTION), "fraction of each weighted layer that fires before T after initialisation")
 
 
 @dataclass

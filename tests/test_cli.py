@@ -1,0 +1,97 @@
+"""The command line: help texts, a short real training run, resume, eval and error exits."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from stidi.cli import main
+
+SMALL = ["--network", "4C5-P2-10", "--T", "32", "--train-limit", "300", "--test-limit", "100", "--no-progress"]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "stidi.cli", *args], capture_output=True, text=True, timeout=600)
+
+
+def _subparser(parser, *names):
+    import argparse
+
+    for name in names:
+        action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = action.choices[name]
+    return parser
+
+
+@pytest.mark.parametrize("command", [["train"], ["eval"], ["data", "fetch"]])
+def test_help_explains_every_option(command):
+    from stidi.cli import build_parser
+
+    parser = _subparser(build_parser(), *command)
+    assert parser.description
+    for action in parser._actions:
+        assert action.help and len(action.help) > 10, f"{command}: {action.option_strings or action.dest} has no help"
+    proc = run_cli(*command, "--help")
+    assert proc.returncode == 0 and "usage: stidi" in proc.stdout
+
+
+def test_train_resume_and_eval(tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", *SMALL, "--epochs", "1", "--out", str(out)]) == 0
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 1 and 0.0 <= json.loads(lines[0])["test_accuracy"] <= 1.0
+    # a second run into the same directory needs --resume; with it, training continues at epoch 2
+    assert main(["train", *SMALL, "--epochs", "1", "--out", str(out)]) == 2
+    assert main(["train", *SMALL, "--epochs", "2", "--out", str(out), "--resume"]) != 0  # config changed (epochs)
+    proc = run_cli("eval", str(out / "model.safetensors"), "--test-limit", "100", "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["images"] == 100
+    assert result["accuracy"] == pytest.approx(json.loads(lines[0])["test_accuracy"])
+
+
+def test_resume_continues_to_the_same_result(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main(["train", *SMALL, "--epochs", "2", "--out", str(a)]) == 0
+    # b: stop after epoch 1 by writing the checkpoint of a 2-epoch run, then resume
+    from stidi.config import load_config
+    from stidi.train import train
+
+    config = load_config(None, {"model": {"network": "4C5-P2-10", "T": 32}, "train": {"train_limit": 300, "test_limit": 100, "epochs": 2}})
+    import stidi.train as tr
+
+    original = tr._train_epoch
+    calls = {"n": 0}
+
+    def stop_after_first(*args, **kwargs):
+        if calls["n"] == 1:
+            raise KeyboardInterrupt
+        calls["n"] += 1
+        return original(*args, **kwargs)
+
+    tr._train_epoch = stop_after_first
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(config, b, progress=False)
+    finally:
+        tr._train_epoch = original
+    assert len((b / "metrics.jsonl").read_text().splitlines()) == 1
+    train(config, b, resume=True, progress=False)
+    assert (a / "metrics.jsonl").read_text().count("\n") == 2
+    strip = lambda p: [{k: v for k, v in json.loads(l).items() if k not in ("train_seconds", "images_per_s")} for l in p.read_text().splitlines()]
+    assert strip(a / "metrics.jsonl") == strip(b / "metrics.jsonl")
+
+
+def test_bad_input_gives_one_line_and_exit_2(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[model]\nT = -3\n")
+    proc = run_cli("train", "--config", str(bad))
+    assert proc.returncode == 2
+    assert "model.T = -3" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_cli("eval", str(tmp_path / "missing.safetensors"))
+    assert proc.returncode == 2 and "no such model file" in proc.stderr
+    proc = run_cli("train", "--network", "32C5-P2")
+    assert proc.returncode == 2 and "last layer must be dense" in proc.stderr

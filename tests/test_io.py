@@ -1,0 +1,58 @@
+"""Models are safetensors + JSON: round trip, and refusal of pickles and mismatches."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import pytest
+import torch
+
+from stidi.config import load_config
+from stidi.errors import ModelFileError
+from stidi.io import build_network, load_model, save_model
+
+
+def _small_model(tmp_path):
+    config = load_config(None, {"model": {"network": "4C5-P2-10", "T": 32}})
+    net = build_network(config)
+    t_in = torch.randint(0, 32, (8, 1, 28, 28)).float()
+    net.initialise(t_in, 0.3, torch.Generator().manual_seed(0))
+    path = tmp_path / "model.safetensors"
+    save_model(path, net, config)
+    return net, config, path, t_in
+
+
+def test_round_trip_gives_identical_predictions(tmp_path):
+    net, config, path, t_in = _small_model(tmp_path)
+    loaded, loaded_config, _ = load_model(path)
+    assert loaded_config == config
+    a, b = net.predict(t_in), loaded.predict(t_in)
+    assert torch.equal(a.output_times, b.output_times) and torch.equal(a.classes, b.classes)
+    assert load_model(tmp_path)[1] == config  # a run directory works too
+
+
+def test_pickle_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    path.write_bytes(pickle.dumps({"weight.0": 1}))
+    with pytest.raises(ModelFileError, match="pickle"):
+        load_model(path)
+
+
+def test_corrupt_or_mismatched_files_are_refused(tmp_path):
+    _, config, path, _ = _small_model(tmp_path)
+    blob = bytearray(path.read_bytes())
+    blob[-1] ^= 0xFF
+    path.write_bytes(bytes(blob))
+    with pytest.raises(ModelFileError, match="checksum"):
+        load_model(path)
+    _, config, path, _ = _small_model(tmp_path)
+    side = path.with_suffix(".json")
+    info = json.loads(side.read_text())
+    info["config"]["model"]["network"] = "8C5-P2-10"
+    side.write_text(json.dumps(info))
+    with pytest.raises(ModelFileError, match="do not match"):
+        load_model(path)
+    side.unlink()
+    with pytest.raises(ModelFileError, match="missing"):
+        load_model(path)

@@ -1,0 +1,125 @@
+"""The STiDi-BP rule: targets, a step that lowers the error, displacement signs, locality."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from stidi.network import Network
+from stidi.stidi_bp import RuleOptions, normalise, output_error, update_directions
+
+
+def test_output_targets_follow_the_specification():
+    T, gamma = 100, 10.0
+    t = torch.tensor([[20.0, 25.0, 40.0, math.inf], [math.inf] * 4])
+    labels = torch.tensor([2, 1])
+    e = output_error(t, labels, T, gamma, forced_firing=True)
+    # sample 0: t_min = 20; true class 2 aims at 20; class 0 (20) and 1 (25) fired before 30 -> 30;
+    # class 3 never fired (forced to T = 100) and keeps its time.
+    assert torch.allclose(e[0], torch.tensor([10.0, 5.0, -20.0, 0.0]) / T)
+    # sample 1: no output fired: the true class aims at T - gamma, the others keep their time
+    assert torch.allclose(e[1], torch.tensor([0.0, -10.0, 0.0, 0.0]) / T)
+
+
+def test_l2_normalisation_is_per_sample():
+    e = torch.tensor([[3.0, 4.0], [0.0, 0.0]])
+    n = normalise(e, "l2")
+    assert torch.allclose(n[0], torch.tensor([0.6, 0.8])) and torch.equal(n[1], e[1])
+    assert torch.equal(normalise(e, "none"), e)
+
+
+def _toy_dense_net(seed: int = 0, T: int = 64, output_firing: float = 0.6, tau: float = math.inf) -> tuple[Network, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    net = Network("20-12-4", input_shape=(20,), T=T, tau=tau, thresholds=1.0)
+    t_in = torch.randint(0, T // 2, (16, 20), generator=g).float()
+    net.initialise(t_in, [0.6, output_firing], g)
+    labels = torch.randint(0, 4, (16,), generator=g)
+    return net, t_in, labels
+
+
+def _output_loss(net: Network, t_in: torch.Tensor, target: torch.Tensor) -> float:
+    t = net.trace(t_in).times[-1].clamp(max=net.T)
+    return float(0.5 * ((t - target) ** 2).sum())
+
+
+def test_one_update_step_lowers_the_output_error():
+    """Gradient descent on ½Σ(t − target)² under the linear approximation: the error shrinks,
+    and a step the other way raises it. Every output fires before T here: a silent neuron
+    that starts firing jumps from T to its new time, a jump no gradient step accounts for."""
+    opts = RuleOptions(gamma=8.0)
+    for sign, expect_lower in ((+1.0, True), (-1.0, False)):
+        net, t_in, labels = _toy_dense_net()
+        with torch.no_grad():
+            net.weights[-1].abs_()  # excitatory outputs: every one of them fires
+        assert torch.isfinite(net.trace(t_in).times[-1]).all()
+        trace = net.trace(t_in)
+        t_out = trace.times[-1].clamp(max=net.T)
+        target = t_out + net.T * output_error(trace.times[-1], labels, net.T, opts.gamma, True)
+        before = _output_loss(net, t_in, target)
+        G = update_directions(net, trace, labels, opts)
+        with torch.no_grad():
+            net.weights[-1] -= sign * 0.02 * net.weights[-1].std() * G[-1] / G[-1].abs().max()
+        after = _output_loss(net, t_in, target)
+        assert (after < before) == expect_lower, (sign, before, after)
+
+
+def test_hidden_displacement_moves_the_output_toward_its_target():
+    """A hidden neuron feeding a too-late true class with a positive weight is told to fire earlier,
+    and firing earlier does make the output fire earlier."""
+    T = 64
+    net = Network("2-2-1", input_shape=(2,), T=T, tau=math.inf, thresholds=[0.5, 0.5])
+    with torch.no_grad():
+        net.weights[0].copy_(torch.tensor([[4.0, 0.0], [0.0, 4.0]]))
+        net.weights[1].copy_(torch.tensor([[2.0, -1.0]]))
+    t_in = torch.tensor([[0.0, 0.0]])
+    trace = net.trace(t_in)
+    hidden, out = trace.times[1], trace.times[2]
+    assert torch.isfinite(out).all() and hidden[0, 0] < out[0, 0]
+    # one output class: it is the true class; force it to be "late" with a target earlier than it fired
+    delta = torch.tensor([[-1.0]]) * out / 0.5  # e < 0 (fire earlier) times t/θ
+    from stidi.kernels import vectorised
+
+    shift = vectorised.displacement(hidden.clamp(max=T), out, delta, net.weights[1], "mask", T, net.tau)
+    assert shift[0, 0] < 0  # positive weight: fire earlier
+    assert shift[0, 1] > 0  # negative weight: fire later
+    earlier = hidden.clone()
+    earlier[0, 0] -= 4
+    moved = vectorised.spike_times(earlier, net.weights[1], 0.5, T, net.tau)
+    assert moved[0, 0] < out[0, 0]
+
+
+def test_updates_are_local_no_chain_across_layers():
+    """The update of layer l depends only on its own spikes, weights and the error handed to it:
+    changing the weights of the layer two above, while the displacement reaching layer l stays the
+    same, leaves layer l's update unchanged; and autograd is never involved."""
+    net, t_in, labels = _toy_dense_net()
+    trace = net.trace(t_in)
+    G = update_directions(net, trace, labels, RuleOptions())
+    assert all(not g.requires_grad and g.grad_fn is None for g in G)
+    assert all(not w.requires_grad for w in net.weights)
+    # Scaling the top layer's weights scales the displacement reaching layer 0 by the same factor;
+    # L2 normalisation of the error handed down removes it, so layer 0's update is unchanged
+    # even though the top layer (and so the whole chain above) changed.
+    with torch.no_grad():
+        net.weights[-1] *= 3.0
+    G2 = update_directions(net, trace, labels, RuleOptions())
+    assert torch.allclose(G[0], G2[0], atol=1e-6)
+    assert torch.allclose(G[-1], G2[-1])  # the top layer's update depends on spikes, not its weights
+    # Without normalisation the displacement carries the top weights' scale: layer 0 sees 3x.
+    G3 = update_directions(net, trace, labels, RuleOptions(error_norm="none"))
+    with torch.no_grad():
+        net.weights[-1] /= 3.0
+    G4 = update_directions(net, trace, labels, RuleOptions(error_norm="none"))
+    assert torch.allclose(G3[0], 3.0 * G4[0], rtol=1e-4, atol=1e-6)
+
+
+def test_rule_options_change_the_update():
+    """Each option matters (with the ramp PSP, ε' is the mask divided by T, so the gate
+    options differ only for a finite τ)."""
+    net, t_in, labels = _toy_dense_net(seed=3, tau=8.0)
+    trace = net.trace(t_in)
+    base = update_directions(net, trace, labels, RuleOptions())
+    for opts in (RuleOptions(latency_derivative="unit"), RuleOptions(displacement_gate="slope"), RuleOptions(gamma=0.0)):
+        other = update_directions(net, trace, labels, opts)
+        assert any(not torch.allclose(a, b) for a, b in zip(base, other)), opts
