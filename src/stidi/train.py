@@ -24,7 +24,7 @@ import torch
 from .config import Config
 from .encoding import ttfs_encode
 from .errors import StidiError
-from .io import atomic_write, build_network, load_tensors, restore_weights, save_model, save_tensors
+from .io import atomic_write, build_network, load_tensors, network_tensors, restore_weights, save_model, save_tensors
 from .network import Network, per_layer
 from .stidi_bp import RuleOptions, update_directions
 
@@ -176,7 +176,7 @@ def train(
             f"firing {record['test_firing_fraction']}")
         opt_tensors, groups = _optimizer_tensors(opt)
         info = {"config": config.to_dict(), "lr_scale": lr_scale, "history": history, "optimizer_groups": groups}
-        save_tensors(ckpt, {**{f"weight.{k}": w for k, w in enumerate(net.weights)}, **opt_tensors}, info)
+        save_tensors(ckpt, {**network_tensors(net), **opt_tensors}, info)
         save_model(out / "model.safetensors", net, config, {"history": history})
         atomic_write(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history).encode())
     return net, history

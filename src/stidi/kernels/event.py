@@ -22,7 +22,6 @@ import numpy as np
 import torch
 
 try:
-    import numba
     from numba import njit, prange
 
     AVAILABLE = True
