@@ -13,7 +13,7 @@ from stidi.train import train
 def test_small_csnn_learns_real_mnist(tmp_path):
     config = load_config(None, {
         "model": {"network": "16C5-P2-10"},
-        "train": {"dataset": "mnist", "epochs": 3, "train_limit": 2000, "test_limit": 1000, "seed": 1},
+        "train": {"dataset": "mnist", "epochs": 3, "batch_size": 16, "train_limit": 2000, "test_limit": 1000, "seed": 1},
     })
     _, history = train(config, tmp_path / "run", progress=False)
     assert len(history) == 3
