@@ -53,38 +53,6 @@ def test_train_resume_and_eval(tmp_path):
     assert result["accuracy"] == pytest.approx(json.loads(lines[0])["test_accuracy"])
 
 
-def test_resume_continues_to_the_same_result(tmp_path):
-    a, b = tmp_path / "a", tmp_path / "b"
-    assert main(["train", *SMALL, "--epochs", "2", "--out", str(a)]) == 0
-    # b: stop after epoch 1 by writing the checkpoint of a 2-epoch run, then resume
-    from stidi.config import load_config
-    from stidi.train import train
-
-    config = load_config(None, {"model": {"network": "4C5-P2-10", "T": 32}, "train": {"train_limit": 300, "test_limit": 100, "epochs": 2}})
-    import stidi.train as tr
-
-    original = tr._train_epoch
-    calls = {"n": 0}
-
-    def stop_after_first(*args, **kwargs):
-        if calls["n"] == 1:
-            raise KeyboardInterrupt
-        calls["n"] += 1
-        return original(*args, **kwargs)
-
-    tr._train_epoch = stop_after_first
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            train(config, b, progress=False)
-    finally:
-        tr._train_epoch = original
-    assert len((b / "metrics.jsonl").read_text().splitlines()) == 1
-    train(config, b, resume=True, progress=False)
-    assert (a / "metrics.jsonl").read_text().count("\n") == 2
-    strip = lambda p: [{k: v for k, v in json.loads(l).items() if k not in ("train_seconds", "images_per_s")} for l in p.read_text().splitlines()]
-    assert strip(a / "metrics.jsonl") == strip(b / "metrics.jsonl")
-
-
 def test_bad_input_gives_one_line_and_exit_2(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("[model]\nT = -3\n")

@@ -39,6 +39,7 @@ TRAIN_FLAGS = {
     "--train-limit": ("train", "train_limit", {"type": int, "help": "train on the first N images only (default: all)"}),
     "--test-limit": ("train", "test_limit", {"type": int, "help": "evaluate on the first N test images only (default: all)"}),
     "--threads": ("train", "threads", {"type": int, "help": "CPU threads for PyTorch (default: all cores)"}),
+    "--checkpoint-every": ("train", "checkpoint_every", {"type": int, "help": "also checkpoint every N batches inside an epoch; 0 = only at epoch ends (default: 100)"}),
 }
 
 
@@ -59,7 +60,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, _overrides(args))
     out = Path(args.out or f"runs/{config.train.dataset}")
-    if (out / "checkpoint.safetensors").exists() and not args.resume:
+    if any(out.glob("checkpoint*.safetensors")) and not args.resume:
         raise StidiError(f"{out} already holds a run; add --resume to continue it, or choose another --out")
     print(f"training {config.model.network} on {config.train.dataset} (T={config.model.T}, "
           f"{config.train.epochs} epochs) -> {out}", file=sys.stderr)
@@ -142,15 +143,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .train import TrainingInterrupted
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args)
+    except TrainingInterrupted as exc:
+        print(f"stidi: interrupted by {exc}", file=sys.stderr)
+        return 128 + exc.signal_number
     except StidiError as exc:
         print(f"stidi: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("stidi: interrupted; the last completed epoch is saved (resume with --resume)", file=sys.stderr)
+        print("stidi: interrupted before training started", file=sys.stderr)
         return 130
 
 

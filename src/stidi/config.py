@@ -93,6 +93,7 @@ class TrainConfig:
     test_limit: int = _field(0, NON_NEGATIVE, "evaluate on the first N test images (0: all)")
     seed: int = _field(0, NON_NEGATIVE, "seed of initialisation and shuffling")
     threads: int = _field(0, NON_NEGATIVE, "CPU threads (0: PyTorch's default)")
+    checkpoint_every: int = _field(100, NON_NEGATIVE, "also checkpoint every N batches within an epoch (0: only at epoch ends)")
 
 
 @dataclass

@@ -3,16 +3,24 @@
 After every epoch the trainer evaluates on the test set, writes a checkpoint
 (``checkpoint.safetensors`` + ``.json``: weights, optimiser state, metrics so far) and
 the model (``model.safetensors`` + ``.json``), each atomically, and rewrites
-``metrics.jsonl`` atomically from the checkpoint's history, so the three always agree.
-``resume=True`` continues after the last completed epoch; shuffling depends only on
-``(seed, epoch)``, so a resumed run repeats the uninterrupted one exactly.
+``metrics.jsonl`` (deterministic: same seed and threads give the same file) and
+``timing.jsonl`` atomically from the checkpoint's history, so they always agree.
+It also checkpoints every ``checkpoint_every`` batches and, on SIGINT/SIGTERM, after
+the current batch. ``resume=True`` continues from the last checkpoint, mid-epoch
+included; shuffling depends only on ``(seed, epoch)``, so a resumed run ends exactly
+as the uninterrupted one.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
 import math
+import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +31,8 @@ import torch
 
 from .config import Config
 from .encoding import ttfs_encode
-from .errors import StidiError
-from .io import atomic_write, build_network, load_tensors, network_tensors, restore_weights, save_model, save_tensors
+from .errors import ModelFileError, StidiError
+from .io import atomic_write, build_network, load_tensors, network_tensors, restore_weights, save_model, save_tensors, sidecar
 from .network import Network, per_layer
 from .stidi_bp import RuleOptions, update_directions
 
@@ -119,12 +127,210 @@ def _restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tens
     opt.load_state_dict({"state": state, "param_groups": groups})
 
 
-def _check_finite(net: Network, epoch: int, step: int) -> None:
-    for k, w in enumerate(net.weights):
+class TrainingInterrupted(StidiError):
+    """Training stopped on SIGINT/SIGTERM after saving a checkpoint; ``--resume`` continues it."""
+
+    def __init__(self, message: str, signal_number: int) -> None:
+        super().__init__(message)
+        self.signal_number = signal_number
+
+
+class NonFiniteError(StidiError):
+    """A weight, update or spike time became NaN/inf; the last good state was checkpointed."""
+
+
+def _first_non_finite(net: Network, directions: list[torch.Tensor], trace_times: list[torch.Tensor]) -> str | None:
+    """Name the first layer whose spike times (NaN), update direction or weights are not finite."""
+    for i, t in enumerate(trace_times[1:]):
+        if torch.isnan(t).any():
+            return f"spike times of layer {i + 1} ('{net.layers[i].token}') contain NaN"
+    for k, (w, g) in enumerate(zip(net.weights, directions)):
+        token = net.layers[net.weighted[k]].token
+        if not torch.isfinite(g).all():
+            return f"update of weighted layer {k + 1} ('{token}') is not finite"
         if not torch.isfinite(w).all():
-            layer = net.layers[net.weighted[k]].token
-            raise StidiError(f"epoch {epoch + 1}, step {step}: weights of layer {k + 1} ('{layer}') became non-finite; "
-                             f"lower train.lr (the last checkpoint holds the last good state)")
+            return f"weights of weighted layer {k + 1} ('{token}') are not finite"
+    return None
+
+
+class Checkpoints:
+    """``checkpoint.safetensors`` + ``.json`` in a run directory, with the previous one kept as
+    ``checkpoint.prev.*``: a crash while writing (or a corrupted file) falls back to it."""
+
+    def __init__(self, out: Path) -> None:
+        self.current = out / "checkpoint.safetensors"
+        self.previous = out / "checkpoint.prev.safetensors"
+
+    def exists(self) -> bool:
+        return self.current.exists() or self.previous.exists()
+
+    def save(self, tensors: dict[str, torch.Tensor], info: dict) -> None:
+        if self.current.exists():
+            for src, dst in ((self.current, self.previous), (sidecar(self.current), sidecar(self.previous))):
+                if src.exists():
+                    os.replace(src, dst)
+        save_tensors(self.current, tensors, info)
+
+    def load(self, log: Log) -> tuple[dict[str, torch.Tensor], dict]:
+        errors = []
+        for path in (self.current, self.previous):
+            if not path.exists():
+                continue
+            try:
+                return load_tensors(path)
+            except ModelFileError as exc:
+                errors.append(str(exc))
+                log(f"warning: {exc}; trying the previous checkpoint")
+        raise ModelFileError("no usable checkpoint: " + "; ".join(errors) + "; start a new run with another --out")
+
+
+class Trainer:
+    """One training run: network, optimiser, run directory and progress (resumable mid-epoch)."""
+
+    def __init__(self, config: Config, out_dir: str | Path, data: tuple[Dataset, Dataset], progress: bool, log: Log) -> None:
+        self.config, self.t = config, config.train
+        self.out = Path(out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.train_set, self.test_set = data
+        self.net = build_network(config)
+        self.rule = RuleOptions(**vars(config.rule))
+        self.ckpt = Checkpoints(self.out)
+        self.progress, self.log = progress, log
+        self.history: list[dict] = []
+        self.timing: list[dict] = []
+        self.partial: dict | None = None  # {"epoch", "step", "correct", "seconds"} of an unfinished epoch
+        self.stop_signal: int | None = None
+
+    # -- state -------------------------------------------------------------------------
+    def start_fresh(self) -> None:
+        gen = torch.Generator().manual_seed(self.t.seed)
+        calib = torch.randperm(len(self.train_set), generator=gen)[:CALIBRATION_IMAGES]
+        t_cal = self.train_set.spike_times(calib, self.net.T, self.net.input_shape)
+        fired = self.net.initialise(t_cal, self.config.model.init_firing_fraction, gen)
+        self.lr_scale = [float(w.std()) for w in self.net.weights]
+        self.opt = make_optimizer(self.net, self.config, self.lr_scale)
+        self.log(f"initialised {self.config.model.network}: firing fraction per weighted layer {[round(f, 3) for f in fired]}")
+
+    def resume(self) -> None:
+        tensors, info = self.ckpt.load(self.log)
+        if info.get("config") != json.loads(json.dumps(self.config.to_dict())):
+            raise StidiError(f"{self.ckpt.current}: was written with a different configuration; "
+                             "resume with the same options, or use another --out")
+        restore_weights(self.net, tensors, self.ckpt.current)
+        self.lr_scale, self.history, self.partial = info["lr_scale"], info["history"], info.get("partial")
+        self.timing = info.get("timing", [])
+        self.opt = make_optimizer(self.net, self.config, self.lr_scale)
+        _restore_optimizer(self.opt, tensors, info["optimizer_groups"])
+        where = f"step {self.partial['step']} of epoch {self.partial['epoch'] + 1}" if self.partial else f"epoch {len(self.history)}"
+        self.log(f"resuming from {self.ckpt.current} after {where}")
+
+    def save_checkpoint(self) -> None:
+        opt_tensors, groups = _optimizer_tensors(self.opt)
+        info = {"config": self.config.to_dict(), "lr_scale": self.lr_scale, "history": self.history,
+                "timing": self.timing, "partial": self.partial, "optimizer_groups": groups}
+        self.ckpt.save({**network_tensors(self.net), **opt_tensors}, info)
+
+    def _write_epoch_outputs(self) -> None:
+        save_model(self.out / "model.safetensors", self.net, self.config, {"history": self.history})
+        atomic_write(self.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.history).encode())
+        atomic_write(self.out / "timing.jsonl", "".join(json.dumps(r) + "\n" for r in self.timing).encode())
+
+    # -- loop --------------------------------------------------------------------------
+    def run(self) -> list[dict]:
+        with _stop_on_signals(self):
+            for epoch in range(len(self.history), self.t.epochs):
+                for group in self.opt.param_groups:
+                    group["lr"] = learning_rate(group["base_lr"], epoch, self.t.epochs, self.t.lr_schedule)
+                record, timing = self._train_epoch(epoch)
+                record.update({f"test_{k}": v for k, v in evaluate(self.net, self.test_set).items()})
+                self.history.append(record)
+                self.timing.append(timing)
+                self.partial = None
+                self.log(f"epoch {epoch + 1}/{self.t.epochs}: train accuracy {record['train_accuracy']:.4f}, "
+                         f"test accuracy {record['test_accuracy']:.4f}, {timing['images_per_s']:.1f} images/s, "
+                         f"firing {record['test_firing_fraction']}")
+                self.save_checkpoint()
+                self._write_epoch_outputs()
+        return self.history
+
+    def _train_epoch(self, epoch: int) -> tuple[dict, dict]:
+        t, data, net = self.t, self.train_set, self.net
+        order = torch.randperm(len(data), generator=torch.Generator().manual_seed(t.seed * 100003 + epoch))
+        resumed = self.partial if self.partial and self.partial["epoch"] == epoch else None
+        first_step = resumed["step"] if resumed else 0
+        correct, seconds = (resumed["correct"], resumed["seconds"]) if resumed else (0, 0.0)
+        steps = math.ceil(len(data) / t.batch_size)
+        bar = self._progress_bar(epoch, min(first_step * t.batch_size, len(data)))
+        start = time.perf_counter() - seconds
+        for step in range(first_step, steps):
+            idx = order[step * t.batch_size : (step + 1) * t.batch_size]
+            labels = data.labels[idx]
+            trace = net.trace(data.spike_times(idx, net.T, net.input_shape))
+            correct += int((net.readout(trace).classes == labels).sum())
+            directions = update_directions(net, trace, labels, self.rule)
+            self._step(directions, trace, epoch, step)
+            done = step + 1
+            self.partial = {"epoch": epoch, "step": done, "correct": correct, "seconds": time.perf_counter() - start}
+            if bar is not None:
+                bar.update(len(idx))
+                bar.set_postfix(acc=f"{correct / min(done * t.batch_size, len(data)):.3f}")
+            if self.stop_signal is not None:
+                self.save_checkpoint()
+                name = signal.Signals(self.stop_signal).name
+                raise TrainingInterrupted(f"{name}: checkpoint saved after step {done} of epoch {epoch + 1} "
+                                          f"in {self.out}; continue with --resume", self.stop_signal)
+            if t.checkpoint_every and done % t.checkpoint_every == 0 and done < steps:
+                self.save_checkpoint()
+        if bar is not None:
+            bar.close()
+        seconds = time.perf_counter() - start
+        record = {"epoch": epoch + 1, "train_accuracy": correct / len(data), "lr": [g["lr"] for g in self.opt.param_groups]}
+        return record, {"epoch": epoch + 1, "train_seconds": round(seconds, 2), "images_per_s": round(len(data) / seconds, 2)}
+
+    def _step(self, directions: list[torch.Tensor], trace, epoch: int, step: int) -> None:
+        """Apply one optimiser step; on a non-finite value keep (and checkpoint) the state before it."""
+        problem = _first_non_finite(self.net, directions, trace.times)
+        if problem is None:
+            before = ([w.detach().clone() for w in self.net.weights], copy.deepcopy(self.opt.state_dict()))
+            for w, g in zip(self.net.weights, directions):
+                w.grad = g
+            self.opt.step()
+            problem = _first_non_finite(self.net, directions, trace.times)
+            if problem is not None:
+                with torch.no_grad():
+                    for w, saved in zip(self.net.weights, before[0]):
+                        w.copy_(saved)
+                self.opt.load_state_dict(before[1])
+        if problem is not None:
+            self.save_checkpoint()
+            raise NonFiniteError(f"epoch {epoch + 1}, step {step + 1}: {problem}; stopped with the last good "
+                                 f"state in {self.ckpt.current} (lower train.lr and resume, or start again)")
+
+    def _progress_bar(self, epoch: int, initial: int):
+        if not self.progress:
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=len(self.train_set), initial=initial, desc=f"epoch {epoch + 1}/{self.t.epochs}",
+                    unit="img", leave=False, file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _stop_on_signals(trainer: Trainer):
+    """Turn SIGINT/SIGTERM into a request to checkpoint and stop after the current batch."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def request_stop(signum, frame):
+        trainer.stop_signal = signum
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def train(
@@ -138,74 +344,14 @@ def train(
     """Train a network as configured; returns it with one metrics record per epoch.
 
     ``data`` replaces the built-in dataset with ``(train, test)`` :class:`Dataset` s.
+    With ``resume`` the run in ``out_dir`` continues from its last checkpoint (mid-epoch
+    included) and ends exactly as an uninterrupted run would.
     """
-    t = config.train
-    if t.threads:
-        torch.set_num_threads(t.threads)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    train_set, test_set = data if data is not None else builtin_data(config, log)
-    net = build_network(config)
-    rule = RuleOptions(**vars(config.rule))
-    ckpt = out / "checkpoint.safetensors"
-    history: list[dict] = []
-    if resume and ckpt.exists():
-        tensors, info = load_tensors(ckpt)
-        if info.get("config") != json.loads(json.dumps(config.to_dict())):
-            raise StidiError(f"{ckpt}: was written with a different configuration; resume with the same options or use another --out")
-        restore_weights(net, tensors, ckpt)
-        lr_scale, history = info["lr_scale"], info["history"]
-        opt = make_optimizer(net, config, lr_scale)
-        _restore_optimizer(opt, tensors, info["optimizer_groups"])
-        log(f"resuming from {ckpt} after epoch {len(history)}")
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    trainer = Trainer(config, out_dir, data if data is not None else builtin_data(config, log), progress, log)
+    if resume and trainer.ckpt.exists():
+        trainer.resume()
     else:
-        gen = torch.Generator().manual_seed(t.seed)
-        calib = torch.randperm(len(train_set), generator=gen)[:CALIBRATION_IMAGES]
-        fired = net.initialise(train_set.spike_times(calib, net.T, net.input_shape), config.model.init_firing_fraction, gen)
-        lr_scale = [float(w.std()) for w in net.weights]
-        opt = make_optimizer(net, config, lr_scale)
-        log(f"initialised {config.model.network}: firing fraction per weighted layer {[round(f, 3) for f in fired]}")
-    for epoch in range(len(history), t.epochs):
-        for group in opt.param_groups:
-            group["lr"] = learning_rate(group["base_lr"], epoch, t.epochs, t.lr_schedule)
-        record = _train_epoch(net, opt, rule, train_set, config, epoch, progress)
-        record.update({f"test_{k}": v for k, v in evaluate(net, test_set).items()})
-        history.append(record)
-        log(f"epoch {epoch + 1}/{t.epochs}: train accuracy {record['train_accuracy']:.4f}, "
-            f"test accuracy {record['test_accuracy']:.4f}, {record['images_per_s']:.1f} images/s, "
-            f"firing {record['test_firing_fraction']}")
-        opt_tensors, groups = _optimizer_tensors(opt)
-        info = {"config": config.to_dict(), "lr_scale": lr_scale, "history": history, "optimizer_groups": groups}
-        save_tensors(ckpt, {**network_tensors(net), **opt_tensors}, info)
-        save_model(out / "model.safetensors", net, config, {"history": history})
-        atomic_write(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history).encode())
-    return net, history
-
-
-def _train_epoch(net: Network, opt: torch.optim.Optimizer, rule: RuleOptions, data: Dataset, config: Config, epoch: int, progress: bool) -> dict:
-    t = config.train
-    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(t.seed * 100003 + epoch))
-    batches = range(0, len(data), t.batch_size)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(data), desc=f"epoch {epoch + 1}/{t.epochs}", unit="img", leave=False, file=sys.stderr)
-    correct, start = 0, time.perf_counter()
-    for step, lo in enumerate(batches):
-        idx = order[lo : lo + t.batch_size]
-        labels = data.labels[idx]
-        trace = net.trace(data.spike_times(idx, net.T, net.input_shape))
-        correct += int((net.readout(trace).classes == labels).sum())
-        for w, g in zip(net.weights, update_directions(net, trace, labels, rule)):
-            w.grad = g
-        opt.step()
-        _check_finite(net, epoch, step)
-        if bar is not None:
-            bar.update(len(idx))
-            bar.set_postfix(acc=f"{correct / min(lo + len(idx), len(data)):.3f}")
-    if bar is not None:
-        bar.close()
-    seconds = time.perf_counter() - start
-    return {"epoch": epoch + 1, "train_accuracy": correct / len(data), "train_seconds": round(seconds, 2),
-            "images_per_s": round(len(data) / seconds, 2), "lr": [g["lr"] for g in opt.param_groups]}
+        trainer.start_fresh()
+    return trainer.net, trainer.run()

@@ -1,0 +1,621 @@
+"""Training/inference throughput and peak memory: STiDi-BP vs a plain CNN vs snnTorch BPTT.
+
+Usage: python benchmarks/throughput.py [--quick] [--threads N]
+
+Measures, in one run on one machine with one thread count, on real MNIST training
+images (the same images, in the same order, for every system), batch 64, with the
+default network's layer shapes 28×28 → 32C5 → pool2 → 64C5 → pool2 → (1024) → 10:
+
+* ``stidi``: STiDi-BP training and inference at T = 256 (TTFS encoding included),
+  with the default spike-time engine (the numba event engine on CPU);
+* ``cnn``: the same shapes as a plain PyTorch CNN (ReLU, max pooling), cross-entropy,
+  Adam; inference under ``torch.inference_mode``;
+* ``snntorch-bptt-T25``: the same shapes as an snnTorch SNN of ``snn.Leaky`` neurons
+  (beta 0.9, default ATan surrogate gradient), T = 25 steps of rate-coded (Bernoulli)
+  input, BPTT with ``snntorch.functional.ce_rate_loss``, Adam;
+* stidi training throughput at T = 64, 256 and 1024;
+* a per-phase profile of one stidi training batch (ms per image);
+* peak resident memory of each system's timed training loop.
+
+Every measurement runs in its own subprocess (``--worker NAME``), so peak memory and
+warm-up (numba compilation, oneDNN first calls) stay per system. Each one warms up,
+then runs batches until it has done at least ``--min-batches`` batches and
+``--min-seconds`` seconds; images/s = images processed / wall time after warm-up.
+
+Writes ``results/throughput.json`` and regenerates ``docs/performance.md`` from it
+(``--quick``: a ~3 s-per-measurement smoke test written to
+``results/throughput-quick.json``, no doc unless ``--doc`` is given).
+``--render-only`` regenerates the doc from an existing JSON without measuring.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import re
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULT_PREFIX = "THROUGHPUT-RESULT "
+BATCH = 64
+SNN_STEPS = 25
+SNN_BETA = 0.9
+STIDI_T = 256
+T_SWEEP = (64, 256, 1024)
+CALIBRATION_IMAGES = 256
+PROFILE_BATCHES = 10
+
+#: ratio name → (target, comparison, description); ``>=``: at least, ``<=``: at most.
+TARGETS = {
+    "train_vs_snntorch": (8.0, ">=", "stidi training images/s ÷ snnTorch BPTT (T=25) training images/s"),
+    "train_vs_cnn": (0.33, ">=", "stidi training images/s ÷ CNN training images/s"),
+    "infer_vs_cnn": (0.5, ">=", "stidi inference images/s ÷ CNN inference images/s"),
+    "train_T1024_vs_T64": (0.5, ">=", "stidi training images/s at T=1024 ÷ at T=64"),
+    "rss_vs_cnn": (2.0, "<=", "stidi peak training RSS ÷ CNN peak training RSS"),
+}
+
+Step = Callable[["object", "object"], None]
+
+
+# --------------------------------------------------------------------------- data
+
+
+def load_mnist():
+    """MNIST training images (uint8 ``(N, 28, 28)``) and labels (int64)."""
+    from stidi.data import load_dataset
+
+    return load_dataset("mnist", "train", log=lambda message: None)
+
+
+def batches(images, labels) -> Iterator[tuple]:
+    """Endless consecutive batches ``(uint8 numpy images, torch long labels)`` in a fixed order."""
+    import torch
+
+    n = len(images) - len(images) % BATCH
+    while True:
+        for lo in range(0, n, BATCH):
+            yield images[lo : lo + BATCH], torch.from_numpy(labels[lo : lo + BATCH])
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter (VmHWM) of this process; False if not possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb() -> float | None:
+    """VmHWM of this process in MB (peak since start or since the last reset)."""
+    try:
+        match = re.search(r"VmHWM:\s+(\d+)\s+kB", Path("/proc/self/status").read_text())
+    except OSError:
+        return None
+    return int(match.group(1)) / 1024 if match else None
+
+
+def current_rss_mb() -> float | None:
+    try:
+        match = re.search(r"VmRSS:\s+(\d+)\s+kB", Path("/proc/self/status").read_text())
+    except OSError:
+        return None
+    return int(match.group(1)) / 1024 if match else None
+
+
+def process_max_rss_mb() -> float:
+    """``ru_maxrss`` of this process (whole lifetime, warm-up and compilation included) in MB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# --------------------------------------------------------------------------- workloads
+
+
+def stidi_setup(images, T: int):
+    """Initialised default network at ``T`` with its optimiser and rule options, as in ``stidi.train``."""
+    import torch
+    from stidi.config import load_config
+    from stidi.encoding import ttfs_encode
+    from stidi.io import build_network
+    from stidi.stidi_bp import RuleOptions
+    from stidi.train import make_optimizer
+
+    config = load_config(None, {"model": {"T": T}, "train": {"batch_size": BATCH}})
+    net = build_network(config)
+    g = torch.Generator().manual_seed(0)
+    t_cal = ttfs_encode(images[:CALIBRATION_IMAGES], T).reshape(-1, *net.input_shape)
+    fired = net.initialise(t_cal, config.model.init_firing_fraction, g)
+    opt = make_optimizer(net, config, [float(w.std()) for w in net.weights])
+    return net, opt, RuleOptions(**vars(config.rule)), [round(f, 3) for f in fired]
+
+
+def stidi_step(net, opt, rule, train: bool) -> Step:
+    from stidi.encoding import ttfs_encode
+    from stidi.stidi_bp import update_directions
+
+    def step(xb, yb) -> None:
+        t_in = ttfs_encode(xb, net.T).reshape(-1, *net.input_shape)
+        if not train:
+            net.predict(t_in)
+            return
+        trace = net.trace(t_in)
+        net.readout(trace)
+        for w, gdir in zip(net.weights, update_directions(net, trace, yb, rule)):
+            w.grad = gdir
+        opt.step()
+
+    return step
+
+
+def make_stidi(images, train: bool, T: int) -> tuple[Step, dict]:
+    from stidi import kernels
+
+    net, opt, rule, fired = stidi_setup(images, T)
+    info = {"T": T, "engine": kernels.default_engine(), "init_firing_fraction": fired}
+    return stidi_step(net, opt, rule, train), info
+
+
+def cnn_model():
+    from torch import nn
+
+    return nn.Sequential(
+        nn.Conv2d(1, 32, 5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(1024, 10),
+    )
+
+
+def to_float(xb):
+    """uint8 ``(B, 28, 28)`` → float ``(B, 1, 28, 28)`` in ``[0, 1]`` (timed, like stidi's encoding)."""
+    import torch
+
+    return torch.from_numpy(xb).unsqueeze(1).float().div_(255.0)
+
+
+def make_cnn(images, train: bool, T: int) -> tuple[Step, dict]:
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = cnn_model()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss_fn = nn.CrossEntropyLoss()
+
+    def train_step(xb, yb) -> None:
+        opt.zero_grad(set_to_none=True)
+        loss_fn(model(to_float(xb)), yb).backward()
+        opt.step()
+
+    def infer_step(xb, yb) -> None:
+        with torch.inference_mode():
+            model(to_float(xb)).argmax(dim=1)
+
+    model.train(train)
+    return (train_step if train else infer_step), {}
+
+
+def snntorch_model():
+    """Conv → max-pool → Leaky, twice, then Linear → Leaky (the snnTorch convolutional tutorial's layout)."""
+    import snntorch as snn
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    class ConvSNN(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1, self.lif1 = nn.Conv2d(1, 32, 5), snn.Leaky(beta=SNN_BETA)
+            self.conv2, self.lif2 = nn.Conv2d(32, 64, 5), snn.Leaky(beta=SNN_BETA)
+            self.fc, self.lif3 = nn.Linear(1024, 10), snn.Leaky(beta=SNN_BETA)
+
+        def forward(self, spikes: torch.Tensor) -> torch.Tensor:
+            """``spikes (steps, B, 1, 28, 28)`` → output spikes ``(steps, B, 10)``."""
+            mem1, mem2, mem3 = self.lif1.reset_mem(), self.lif2.reset_mem(), self.lif3.reset_mem()
+            out = []
+            for x in spikes:
+                spk1, mem1 = self.lif1(F.max_pool2d(self.conv1(x), 2), mem1)
+                spk2, mem2 = self.lif2(F.max_pool2d(self.conv2(spk1), 2), mem2)
+                spk3, mem3 = self.lif3(self.fc(spk2.flatten(1)), mem3)
+                out.append(spk3)
+            return torch.stack(out)
+
+    return ConvSNN()
+
+
+def make_snntorch(images, train: bool, T: int) -> tuple[Step, dict]:
+    import snntorch
+    import torch
+    from snntorch import functional as SF
+    from snntorch import spikegen
+
+    torch.manual_seed(0)
+    model = snntorch_model()
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    loss_fn = SF.ce_rate_loss()
+
+    def train_step(xb, yb) -> None:
+        spikes = spikegen.rate(to_float(xb), num_steps=SNN_STEPS)
+        opt.zero_grad(set_to_none=True)
+        loss_fn(model(spikes), yb).backward()
+        opt.step()
+
+    def infer_step(xb, yb) -> None:
+        with torch.inference_mode():
+            model(spikegen.rate(to_float(xb), num_steps=SNN_STEPS)).sum(dim=0).argmax(dim=1)
+
+    info = {"snntorch_version": snntorch.__version__, "steps": SNN_STEPS, "beta": SNN_BETA,
+            "input": "rate-coded (Bernoulli per step, p = intensity)", "loss": "ce_rate_loss"}
+    return (train_step if train else infer_step), info
+
+
+SYSTEMS = {"stidi": make_stidi, "cnn": make_cnn, "snntorch": make_snntorch}
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def run_timed(step: Step, data: Iterator[tuple], warmup: int, min_seconds: float, min_batches: int) -> dict:
+    """Warm up, reset the peak-RSS counter, then time batches until both minimums are reached."""
+    for _ in range(warmup):
+        step(*next(data))
+    rss_reset = reset_peak_rss()
+    rss_before = current_rss_mb()
+    count, start = 0, time.perf_counter()
+    while True:
+        step(*next(data))
+        count += 1
+        seconds = time.perf_counter() - start
+        if count >= min_batches and seconds >= min_seconds:
+            break
+    return {
+        "batches": count,
+        "images": count * BATCH,
+        "seconds": round(seconds, 3),
+        "images_per_s": round(count * BATCH / seconds, 2),
+        "rss_before_loop_mb": round(rss_before, 1) if rss_before else None,
+        "peak_rss_mb": round(peak_rss_mb(), 1) if rss_reset else None,
+        "process_max_rss_mb": round(process_max_rss_mb(), 1),
+    }
+
+
+def profile_stidi(images, labels, T: int, warmup: int, count: int) -> dict:
+    """Milliseconds per image spent in each phase of a stidi training batch (mean over ``count`` batches)."""
+    from stidi.encoding import ttfs_encode
+    from stidi.network import Trace
+    from stidi.stidi_bp import update_directions
+
+    net, opt, rule, _ = stidi_setup(images, T)
+    data = batches(images, labels)
+    names = ["encode"] + [f"forward {layer.token}" for layer in net.layers] + ["readout", "update_directions", "optimizer step"]
+    totals = dict.fromkeys(names, 0.0)
+    for b in range(warmup + count):
+        xb, yb = next(data)
+        marks = [time.perf_counter()]
+        trace = Trace([ttfs_encode(xb, T).reshape(-1, *net.input_shape)])
+        marks.append(time.perf_counter())
+        for i in range(len(net.layers)):
+            t_out, winners = net.layer_forward(i, trace.times[-1])
+            if winners is not None:
+                trace.winners[i] = winners
+            trace.times.append(t_out)
+            marks.append(time.perf_counter())
+        net.readout(trace)
+        marks.append(time.perf_counter())
+        for w, gdir in zip(net.weights, update_directions(net, trace, yb, rule)):
+            w.grad = gdir
+        marks.append(time.perf_counter())
+        opt.step()
+        marks.append(time.perf_counter())
+        if b >= warmup:
+            for name, lo, hi in zip(names, marks, marks[1:]):
+                totals[name] += hi - lo
+    images_done = count * BATCH
+    phases = [{"phase": name, "ms_per_image": round(1000 * s / images_done, 4)} for name, s in totals.items()]
+    total = sum(p["ms_per_image"] for p in phases)
+    for p in phases:
+        p["share"] = round(p["ms_per_image"] / total, 4) if total else None
+    return {"T": T, "batches": count, "phases": phases, "total_ms_per_image": round(total, 4)}
+
+
+def worker(args: argparse.Namespace) -> dict:
+    """Run one measurement in this process and return its record."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    images, labels = load_mnist()
+    if args.worker == "stidi-profile":
+        return profile_stidi(images, labels, args.T, args.warmup, PROFILE_BATCHES if not args.quick else 2)
+    system, mode = args.worker.rsplit("-", 1)
+    step, info = SYSTEMS[system](images, mode == "train", args.T)
+    record = run_timed(step, batches(images, labels), args.warmup, args.min_seconds, args.min_batches)
+    return {**record, **info, "torch_threads": torch.get_num_threads()}
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def worker_env(threads: int) -> dict:
+    env = dict(os.environ)
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        env[name] = str(threads)
+    return env
+
+
+def run_worker(name: str, T: int, args: argparse.Namespace) -> dict:
+    """Run ``--worker name`` in a subprocess; its record, or ``{"error": ...}`` if it failed."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--T", str(T),
+               "--threads", str(args.threads), "--warmup", str(args.warmup),
+               "--min-seconds", str(args.min_seconds), "--min-batches", str(args.min_batches)]
+    if args.quick:
+        command.append("--quick")
+    print(f"[throughput] {name} (T={T}) ...", file=sys.stderr, flush=True)
+    proc = subprocess.run(command, cwd=ROOT, env=worker_env(args.threads), stdout=subprocess.PIPE, text=True)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+    if proc.returncode != 0 or not lines:
+        print(f"[throughput] {name} failed (exit {proc.returncode})", file=sys.stderr, flush=True)
+        return {"error": f"worker exited with status {proc.returncode}"}
+    record = json.loads(lines[-1][len(RESULT_PREFIX):])
+    shown = record.get("images_per_s", record.get("total_ms_per_image"))
+    print(f"[throughput] {name} (T={T}): {shown}", file=sys.stderr, flush=True)
+    return record
+
+
+def row(system: str, train: dict, infer: dict) -> dict:
+    return {
+        "system": system,
+        "train_images_per_s": train.get("images_per_s"),
+        "infer_images_per_s": infer.get("images_per_s"),
+        "peak_rss_mb": train.get("peak_rss_mb") or train.get("process_max_rss_mb"),
+        "details": {"train": train, "infer": infer},
+    }
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a and b else None
+
+
+def ratios(rows: dict[str, dict], by_t: dict[int, float | None]) -> dict:
+    s, c, n = rows["stidi"], rows["cnn"], rows[f"snntorch-bptt-T{SNN_STEPS}"]
+    return {
+        "train_vs_cnn": ratio(s["train_images_per_s"], c["train_images_per_s"]),
+        "train_vs_snntorch": ratio(s["train_images_per_s"], n["train_images_per_s"]),
+        "infer_vs_cnn": ratio(s["infer_images_per_s"], c["infer_images_per_s"]),
+        "train_T1024_vs_T64": ratio(by_t.get(1024), by_t.get(64)),
+        "rss_vs_cnn": ratio(s["peak_rss_mb"], c["peak_rss_mb"]),
+    }
+
+
+def git(*argv: str) -> str:
+    proc = subprocess.run(["git", *argv], cwd=ROOT, capture_output=True, text=True)
+    return proc.stdout.strip() if proc.returncode == 0 else ""
+
+
+def cpu_model() -> str:
+    try:
+        match = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.MULTILINE)
+    except OSError:
+        match = None
+    import platform
+
+    return match.group(1).strip() if match else (platform.processor() or platform.machine())
+
+
+def measure(args: argparse.Namespace, command: str) -> dict:
+    """Run every measurement (each in its own subprocess) and assemble the result record."""
+    import torch
+
+    load_before = os.getloadavg()
+    started = time.perf_counter()
+    rows = {
+        "stidi": row("stidi", run_worker("stidi-train", STIDI_T, args), run_worker("stidi-infer", STIDI_T, args)),
+        "cnn": row("cnn", run_worker("cnn-train", 0, args), run_worker("cnn-infer", 0, args)),
+        f"snntorch-bptt-T{SNN_STEPS}": row(f"snntorch-bptt-T{SNN_STEPS}", run_worker("snntorch-train", SNN_STEPS, args),
+                                           run_worker("snntorch-infer", SNN_STEPS, args)),
+    }
+    by_t = {STIDI_T: rows["stidi"]["train_images_per_s"]}
+    for T in T_SWEEP:
+        if T not in by_t:
+            by_t[T] = run_worker("stidi-train", T, args).get("images_per_s")
+    profile = run_worker("stidi-profile", STIDI_T, args)
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "commit": git("rev-parse", "HEAD"),
+        "worktree_modified": bool(dirty),
+        "command": command,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "threads": args.threads,
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "batch_size": BATCH,
+        "quick": args.quick,
+        "min_seconds": args.min_seconds,
+        "min_batches": args.min_batches,
+        "warmup_batches": args.warmup,
+        "load_average_before": [round(v, 2) for v in load_before],
+        "load_average_after": [round(v, 2) for v in os.getloadavg()],
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "rows": list(rows.values()),
+        "stidi_by_T": [{"T": T, "train_images_per_s": by_t[T]} for T in T_SWEEP],
+        "ratios": ratios(rows, by_t),
+        "stidi_profile": profile,
+    }
+
+
+# --------------------------------------------------------------------------- report
+
+
+def fmt(value, digits: int = 1) -> str:
+    return "n/a" if value is None else f"{value:,.{digits}f}"
+
+
+def verdict(name: str, value: float | None) -> str:
+    target, op, _ = TARGETS[name]
+    if value is None:
+        return "not measured"
+    met = value >= target if op == ">=" else value <= target
+    return "met" if met else "**not met**"
+
+
+def render(result: dict, json_path: str) -> str:
+    """``docs/performance.md`` generated from a throughput result record."""
+    rows = result["rows"]
+    stidi_info = next(r for r in rows if r["system"] == "stidi")["details"]["train"]
+    snn_info = next(r for r in rows if r["system"].startswith("snntorch"))["details"]["train"]
+    lines = [
+        "# Performance",
+        "",
+        f"<!-- Generated by benchmarks/throughput.py from {json_path}; do not edit by hand. -->",
+        "",
+        f"Throughput and peak memory of STiDi-BP training on MNIST compared with a plain CNN and with an "
+        f"snnTorch SNN trained by backpropagation through time, all with the default network's layer shapes "
+        f"(28×28 → 32C5 → pool2 → 64C5 → pool2 → 1024 → 10) and batch {result['batch_size']}.",
+        "",
+        f"* Machine: {result['cpu']} ({result['cores']} cores), {result['threads']} threads "
+        f"(PyTorch and numba), Python {result['python']}, PyTorch {result['torch']}",
+        f"* Commit: `{result['commit']}`" + (" (working tree had uncommitted changes)" if result.get("worktree_modified") else ""),
+        f"* Command: `{result['command']}` ({result['date']}, {result['wall_seconds']} s in all)",
+        f"* Load average (1, 5, 15 min) before / after: {result['load_average_before']} / {result['load_average_after']}",
+        "",
+        "Absolute figures drift between machines, thread counts and with other load on the machine; only the "
+        "ratios between figures of one run are comparable.",
+    ]
+    if result.get("quick"):
+        lines += ["", "**This is a `--quick` smoke test: the figures are not representative.**"]
+    lines += [
+        "",
+        "## Throughput and memory",
+        "",
+        "| System | Training images/s | Inference images/s | Peak training RSS (MB) |",
+        "|---|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['system']} | {fmt(r['train_images_per_s'])} | {fmt(r['infer_images_per_s'])} | {fmt(r['peak_rss_mb'], 0)} |")
+    lines += ["", "STiDi-BP training throughput by time window:", "", "| T | Training images/s |", "|---:|---:|"]
+    lines += [f"| {r['T']} | {fmt(r['train_images_per_s'])} |" for r in result["stidi_by_T"]]
+    lines += ["", "## Against the project's targets", "", "| Ratio | Definition | Target | This run | |", "|---|---|---:|---:|---|"]
+    for name, (target, op, text) in TARGETS.items():
+        value = result["ratios"].get(name)
+        lines.append(f"| `{name}` | {text} | {'≥' if op == '>=' else '≤'} {target:g} | {fmt(value, 2)} | {verdict(name, value)} |")
+    lines += render_profile(result.get("stidi_profile") or {})
+    lines += [
+        "",
+        "## Method",
+        "",
+        f"* Images: the MNIST training set in file order, the same batches for every system; each measurement "
+        f"warms up for {result['warmup_batches']} batches (numba compilation, first oneDNN calls), then runs "
+        f"until it has done at least {result['min_batches']} batches and {result['min_seconds']:g} s; "
+        f"images/s = images processed ÷ wall time after warm-up.",
+        f"* stidi: `stidi.train`'s step (TTFS encoding, `Network.trace`, `readout`, `update_directions`, Adam) "
+        f"with the default configuration at T = {stidi_info.get('T', STIDI_T)}, engine `{stidi_info.get('engine', '?')}`, "
+        f"starting from the calibrated initialisation (firing fraction per weighted layer "
+        f"{stidi_info.get('init_firing_fraction', '?')}); inference is `Network.predict` on the initialised network. "
+        f"The event engine's cost grows with the number of spikes, so throughput depends on firing activity.",
+        "* cnn: `Conv2d(1,32,5) ReLU MaxPool2d(2) Conv2d(32,64,5) ReLU MaxPool2d(2) Flatten Linear(1024,10)`, "
+        "cross-entropy, Adam; inference under `torch.inference_mode`. Conversion of the uint8 images to floats is timed.",
+        f"* {next(r['system'] for r in rows if r['system'].startswith('snntorch'))}: snnTorch "
+        f"{snn_info.get('snntorch_version', '?')}, `Conv2d → max_pool2d → snn.Leaky` twice, then "
+        f"`Linear → snn.Leaky` (the layout of snnTorch's convolutional tutorial), beta {snn_info.get('beta', SNN_BETA)}, "
+        f"default (ATan) surrogate gradient, {snn_info.get('steps', SNN_STEPS)} time steps of "
+        f"{snn_info.get('input', 'rate-coded input')}, BPTT through all steps with `snntorch.functional.ce_rate_loss`, "
+        "Adam; inference counts output spikes over the steps.",
+        "* Peak training RSS: each system's training loop runs in its own process; the kernel's peak-RSS counter "
+        "(VmHWM) is reset after warm-up, so the figure is the peak resident memory during the timed loop: "
+        "interpreter, libraries, the MNIST training set and the working set of training. The whole-process peak "
+        "(`ru_maxrss`, compilation included) is in the JSON as `process_max_rss_mb`.",
+        "* Where the time goes: the same training step split into phases with a timer around each, mean over "
+        f"{(result.get('stidi_profile') or {}).get('batches', PROFILE_BATCHES)} batches after warm-up, in a separate process.",
+        "",
+        f"Raw figures, per-measurement details and the load average are in `{json_path}`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def render_profile(profile: dict) -> list[str]:
+    if not profile.get("phases"):
+        return ["", "## Where the time goes", "", "Not measured in this run."]
+    lines = [
+        "",
+        "## Where the time goes",
+        "",
+        f"One STiDi-BP training batch at T = {profile['T']}, split into phases "
+        f"(mean over {profile['batches']} batches; total {fmt(profile['total_ms_per_image'], 3)} ms per image):",
+        "",
+        "| Phase | ms per image | Share |",
+        "|---|---:|---:|",
+    ]
+    for p in profile["phases"]:
+        share = "n/a" if p["share"] is None else f"{100 * p['share']:.1f} %"
+        lines.append(f"| {p['phase']} | {fmt(p['ms_per_image'], 3)} | {share} |")
+    return lines
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(__doc__.splitlines()[2:]))
+    parser.add_argument("--quick", action="store_true", help="smoke test: ~3 s per measurement, written to results/throughput-quick.json")
+    parser.add_argument("--threads", type=int, default=2, help="PyTorch and numba threads (default 2)")
+    parser.add_argument("--min-seconds", type=float, help="minimum timed seconds per measurement (default 15, --quick 3)")
+    parser.add_argument("--min-batches", type=int, help="minimum timed batches per measurement (default 20, --quick 1)")
+    parser.add_argument("--warmup", type=int, help="untimed warm-up batches per measurement (default 3, --quick 1)")
+    parser.add_argument("--out", help="result JSON (default results/throughput.json, --quick results/throughput-quick.json)")
+    parser.add_argument("--doc", help="generated Markdown (default docs/performance.md; --quick: none unless given)")
+    parser.add_argument("--render-only", action="store_true", help="only regenerate the doc from the existing result JSON")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--T", type=int, default=STIDI_T, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    defaults = (3.0, 1, 1) if args.quick else (15.0, 20, 3)
+    for name, default in zip(("min_seconds", "min_batches", "warmup"), defaults):
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+    if args.out is None:
+        args.out = "results/throughput-quick.json" if args.quick else "results/throughput.json"
+    if args.doc is None and not args.quick:
+        args.doc = "docs/performance.md"
+    return args
+
+
+def command_line(argv: list[str]) -> str:
+    return " ".join(["python", "benchmarks/throughput.py", *argv])
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    if args.worker:
+        print(RESULT_PREFIX + json.dumps(worker(args)), flush=True)
+        return 0
+    out = ROOT / args.out
+    if args.render_only:
+        result = json.loads(out.read_text())
+    else:
+        result = measure(args, command_line(argv))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {out}", file=sys.stderr)
+        print(json.dumps({k: result[k] for k in ("stidi_by_T", "ratios")}, indent=2))
+    if args.doc:
+        doc = ROOT / args.doc
+        doc.parent.mkdir(parents=True, exist_ok=True)
+        doc.write_text(render(result, os.path.relpath(out, ROOT)))
+        print(f"wrote {doc}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
