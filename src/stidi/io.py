@@ -116,6 +116,8 @@ def restore_weights(net: Network, tensors: dict[str, torch.Tensor], path: Path) 
     if got != expected:
         raise ModelFileError(f"{path}: its tensors {got} do not match the network in its config, which needs {expected}")
     for k, w in enumerate(net.weights):
+        if not torch.isfinite(tensors[f"weight.{k}"]).all():
+            raise ModelFileError(f"{path}: weight.{k} holds NaN or infinite values; the model is unusable")
         w.data.copy_(tensors[f"weight.{k}"].to(w.dtype))
 
 
