@@ -32,15 +32,17 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import json
 import os
 import re
 import resource
+import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT_PREFIX = "THROUGHPUT-RESULT "
@@ -49,7 +51,8 @@ SNN_STEPS = 25
 SNN_BETA = 0.9
 STIDI_T = 256
 T_SWEEP = (64, 256, 1024)
-CALIBRATION_IMAGES = 256
+CALIBRATION_IMAGES = 256  # as stidi.train
+QUICK_CALIBRATION_IMAGES = 64
 PROFILE_BATCHES = 10
 
 #: ratio name → (target, comparison, description); ``>=``: at least, ``<=``: at most.
@@ -61,7 +64,8 @@ TARGETS = {
     "rss_vs_cnn": (2.0, "<=", "stidi peak training RSS ÷ CNN peak training RSS"),
 }
 
-Step = Callable[["object", "object"], None]
+#: One batch of work: ``step(uint8 images (B, 28, 28), long labels (B,))``.
+Step = Callable[[object, object], None]
 
 
 # --------------------------------------------------------------------------- data
@@ -121,9 +125,13 @@ def process_max_rss_mb() -> float:
 # --------------------------------------------------------------------------- workloads
 
 
-def stidi_setup(images, T: int):
-    """Initialised default network at ``T`` with its optimiser and rule options, as in ``stidi.train``."""
+def stidi_setup(images, T: int, calibration: int = CALIBRATION_IMAGES):
+    """Initialised default network at ``T`` with its optimiser and rule options, as in ``stidi.train``.
+
+    Initialisation (untimed) calibrates the weights on the first ``calibration`` images.
+    """
     import torch
+
     from stidi.config import load_config
     from stidi.encoding import ttfs_encode
     from stidi.io import build_network
@@ -133,7 +141,7 @@ def stidi_setup(images, T: int):
     config = load_config(None, {"model": {"T": T}, "train": {"batch_size": BATCH}})
     net = build_network(config)
     g = torch.Generator().manual_seed(0)
-    t_cal = ttfs_encode(images[:CALIBRATION_IMAGES], T).reshape(-1, *net.input_shape)
+    t_cal = ttfs_encode(images[:calibration], T).reshape(-1, *net.input_shape)
     fired = net.initialise(t_cal, config.model.init_firing_fraction, g)
     opt = make_optimizer(net, config, [float(w.std()) for w in net.weights])
     return net, opt, RuleOptions(**vars(config.rule)), [round(f, 3) for f in fired]
@@ -157,11 +165,13 @@ def stidi_step(net, opt, rule, train: bool) -> Step:
     return step
 
 
-def make_stidi(images, train: bool, T: int) -> tuple[Step, dict]:
+def make_stidi(images, train: bool, T: int, calibration: int) -> tuple[Step, dict]:
     from stidi import kernels
 
-    net, opt, rule, fired = stidi_setup(images, T)
-    info = {"T": T, "engine": kernels.default_engine(), "init_firing_fraction": fired}
+    start = time.perf_counter()
+    net, opt, rule, fired = stidi_setup(images, T, calibration)
+    info = {"T": T, "engine": kernels.default_engine(), "init_firing_fraction": fired,
+            "calibration_images": calibration, "init_seconds": round(time.perf_counter() - start, 1)}
     return stidi_step(net, opt, rule, train), info
 
 
@@ -182,7 +192,7 @@ def to_float(xb):
     return torch.from_numpy(xb).unsqueeze(1).float().div_(255.0)
 
 
-def make_cnn(images, train: bool, T: int) -> tuple[Step, dict]:
+def make_cnn(images, train: bool, T: int, calibration: int) -> tuple[Step, dict]:
     import torch
     from torch import nn
 
@@ -232,7 +242,7 @@ def snntorch_model():
     return ConvSNN()
 
 
-def make_snntorch(images, train: bool, T: int) -> tuple[Step, dict]:
+def make_snntorch(images, train: bool, T: int, calibration: int) -> tuple[Step, dict]:
     import snntorch
     import torch
     from snntorch import functional as SF
@@ -254,7 +264,7 @@ def make_snntorch(images, train: bool, T: int) -> tuple[Step, dict]:
             model(spikegen.rate(to_float(xb), num_steps=SNN_STEPS)).sum(dim=0).argmax(dim=1)
 
     info = {"snntorch_version": snntorch.__version__, "steps": SNN_STEPS, "beta": SNN_BETA,
-            "input": "rate-coded (Bernoulli per step, p = intensity)", "loss": "ce_rate_loss"}
+            "input": "rate-coded input (a Bernoulli spike per pixel and step, p = pixel intensity)", "loss": "ce_rate_loss"}
     return (train_step if train else infer_step), info
 
 
@@ -270,11 +280,13 @@ def run_timed(step: Step, data: Iterator[tuple], warmup: int, min_seconds: float
         step(*next(data))
     rss_reset = reset_peak_rss()
     rss_before = current_rss_mb()
-    count, start = 0, time.perf_counter()
+    count, start, last, per_batch = 0, time.perf_counter(), 0.0, []
     while True:
         step(*next(data))
         count += 1
         seconds = time.perf_counter() - start
+        per_batch.append(seconds - last)
+        last = seconds
         if count >= min_batches and seconds >= min_seconds:
             break
     return {
@@ -282,21 +294,23 @@ def run_timed(step: Step, data: Iterator[tuple], warmup: int, min_seconds: float
         "images": count * BATCH,
         "seconds": round(seconds, 3),
         "images_per_s": round(count * BATCH / seconds, 2),
+        "median_batch_images_per_s": round(BATCH / statistics.median(per_batch), 2),
         "rss_before_loop_mb": round(rss_before, 1) if rss_before else None,
         "peak_rss_mb": round(peak_rss_mb(), 1) if rss_reset else None,
         "process_max_rss_mb": round(process_max_rss_mb(), 1),
     }
 
 
-def profile_stidi(images, labels, T: int, warmup: int, count: int) -> dict:
+def profile_stidi(images, labels, T: int, warmup: int, count: int, calibration: int) -> dict:
     """Milliseconds per image spent in each phase of a stidi training batch (mean over ``count`` batches)."""
     from stidi.encoding import ttfs_encode
     from stidi.network import Trace
     from stidi.stidi_bp import update_directions
 
-    net, opt, rule, _ = stidi_setup(images, T)
+    net, opt, rule, _ = stidi_setup(images, T, calibration)
     data = batches(images, labels)
-    names = ["encode"] + [f"forward {layer.token}" for layer in net.layers] + ["readout", "update_directions", "optimizer step"]
+    names = (["encode"] + [f"forward layer {i + 1} ({layer.token})" for i, layer in enumerate(net.layers)]
+             + ["readout", "update_directions", "optimizer step"])
     totals = dict.fromkeys(names, 0.0)
     for b in range(warmup + count):
         xb, yb = next(data)
@@ -333,10 +347,12 @@ def worker(args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(args.threads)
     images, labels = load_mnist()
+    # --quick calibrates stidi's initialisation on fewer images: it is untimed but slow at large T.
+    calibration = QUICK_CALIBRATION_IMAGES if args.quick else CALIBRATION_IMAGES
     if args.worker == "stidi-profile":
-        return profile_stidi(images, labels, args.T, args.warmup, PROFILE_BATCHES if not args.quick else 2)
+        return profile_stidi(images, labels, args.T, args.warmup, 2 if args.quick else PROFILE_BATCHES, calibration)
     system, mode = args.worker.rsplit("-", 1)
-    step, info = SYSTEMS[system](images, mode == "train", args.T)
+    step, info = SYSTEMS[system](images, mode == "train", args.T, calibration)
     record = run_timed(step, batches(images, labels), args.warmup, args.min_seconds, args.min_batches)
     return {**record, **info, "torch_threads": torch.get_num_threads()}
 
@@ -359,7 +375,7 @@ def run_worker(name: str, T: int, args: argparse.Namespace) -> dict:
     if args.quick:
         command.append("--quick")
     print(f"[throughput] {name} (T={T}) ...", file=sys.stderr, flush=True)
-    proc = subprocess.run(command, cwd=ROOT, env=worker_env(args.threads), stdout=subprocess.PIPE, text=True)
+    proc = subprocess.run(command, check=False, cwd=ROOT, env=worker_env(args.threads), stdout=subprocess.PIPE, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
     if proc.returncode != 0 or not lines:
         print(f"[throughput] {name} failed (exit {proc.returncode})", file=sys.stderr, flush=True)
@@ -396,8 +412,16 @@ def ratios(rows: dict[str, dict], by_t: dict[int, float | None]) -> dict:
 
 
 def git(*argv: str) -> str:
-    proc = subprocess.run(["git", *argv], cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(["git", *argv], check=False, cwd=ROOT, capture_output=True, text=True)
     return proc.stdout.strip() if proc.returncode == 0 else ""
+
+
+def source_fingerprint() -> str:
+    """sha256 over the package sources, to detect edits of src/ while the benchmark runs."""
+    digest = hashlib.sha256()
+    for path in sorted((ROOT / "src").rglob("*.py")):
+        digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def cpu_model() -> str:
@@ -414,7 +438,7 @@ def measure(args: argparse.Namespace, command: str) -> dict:
     """Run every measurement (each in its own subprocess) and assemble the result record."""
     import torch
 
-    load_before = os.getloadavg()
+    load_before, source_before = os.getloadavg(), source_fingerprint()
     started = time.perf_counter()
     rows = {
         "stidi": row("stidi", run_worker("stidi-train", STIDI_T, args), run_worker("stidi-infer", STIDI_T, args)),
@@ -431,8 +455,10 @@ def measure(args: argparse.Namespace, command: str) -> dict:
     return {
         "commit": git("rev-parse", "HEAD"),
         "worktree_modified": bool(dirty),
+        "source_fingerprint": source_before,
+        "source_changed_during_run": source_fingerprint() != source_before,
         "command": command,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "threads": args.threads,
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
@@ -484,12 +510,14 @@ def render(result: dict, json_path: str) -> str:
         "",
         f"* Machine: {result['cpu']} ({result['cores']} cores), {result['threads']} threads "
         f"(PyTorch and numba), Python {result['python']}, PyTorch {result['torch']}",
-        f"* Commit: `{result['commit']}`" + (" (working tree had uncommitted changes)" if result.get("worktree_modified") else ""),
+        f"* Commit: `{result['commit']}`" + (" (working tree had uncommitted changes)" if result.get("worktree_modified") else "")
+        + (" — **src/ changed while the benchmark ran**" if result.get("source_changed_during_run") else ""),
         f"* Command: `{result['command']}` ({result['date']}, {result['wall_seconds']} s in all)",
         f"* Load average (1, 5, 15 min) before / after: {result['load_average_before']} / {result['load_average_after']}",
         "",
         "Absolute figures drift between machines, thread counts and with other load on the machine; only the "
-        "ratios between figures of one run are comparable.",
+        "ratios between figures of one run are comparable. With other work on the machine, per-batch times "
+        "scatter (the JSON's `median_batch_images_per_s` next to each figure shows by how much).",
     ]
     if result.get("quick"):
         lines += ["", "**This is a `--quick` smoke test: the figures are not representative.**"]
@@ -519,8 +547,9 @@ def render(result: dict, json_path: str) -> str:
         f"images/s = images processed ÷ wall time after warm-up.",
         f"* stidi: `stidi.train`'s step (TTFS encoding, `Network.trace`, `readout`, `update_directions`, Adam) "
         f"with the default configuration at T = {stidi_info.get('T', STIDI_T)}, engine `{stidi_info.get('engine', '?')}`, "
-        f"starting from the calibrated initialisation (firing fraction per weighted layer "
-        f"{stidi_info.get('init_firing_fraction', '?')}); inference is `Network.predict` on the initialised network. "
+        f"starting from the initialisation calibrated on the first {stidi_info.get('calibration_images', '?')} images "
+        f"(firing fraction per weighted layer {stidi_info.get('init_firing_fraction', '?')}; untimed, "
+        f"{stidi_info.get('init_seconds', '?')} s); inference is `Network.predict` on the initialised network. "
         f"The event engine's cost grows with the number of spikes, so throughput depends on firing activity.",
         "* cnn: `Conv2d(1,32,5) ReLU MaxPool2d(2) Conv2d(32,64,5) ReLU MaxPool2d(2) Flatten Linear(1024,10)`, "
         "cross-entropy, Adam; inference under `torch.inference_mode`. Conversion of the uint8 images to floats is timed.",
@@ -612,7 +641,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.doc:
         doc = ROOT / args.doc
         doc.parent.mkdir(parents=True, exist_ok=True)
-        doc.write_text(render(result, os.path.relpath(out, ROOT)))
+        shown = out.resolve().relative_to(ROOT) if out.resolve().is_relative_to(ROOT) else out
+        doc.write_text(render(result, str(shown)))
         print(f"wrote {doc}", file=sys.stderr)
     return 0
 
