@@ -31,7 +31,9 @@ Writes ``results/throughput.json`` and regenerates ``docs/performance.md`` from 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import datetime
+import gc
 import hashlib
 import json
 import os
@@ -89,6 +91,19 @@ def batches(images, labels) -> Iterator[tuple]:
 
 
 # --------------------------------------------------------------------------- memory
+
+
+def release_free_memory() -> None:
+    """Collect garbage and hand the C heap's free pages back to the OS (glibc ``malloc_trim``).
+
+    Run before the peak-RSS counter is reset, so that memory freed by set-up (stidi's
+    weight calibration, warm-up) does not count as the training loop's.
+    """
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def reset_peak_rss() -> bool:
@@ -278,6 +293,7 @@ def run_timed(step: Step, data: Iterator[tuple], warmup: int, min_seconds: float
     """Warm up, reset the peak-RSS counter, then time batches until both minimums are reached."""
     for _ in range(warmup):
         step(*next(data))
+    release_free_memory()
     rss_reset = reset_peak_rss()
     rss_before = current_rss_mb()
     count, start, last, per_batch = 0, time.perf_counter(), 0.0, []
@@ -400,14 +416,15 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3) if a and b else None
 
 
-def ratios(rows: dict[str, dict], by_t: dict[int, float | None]) -> dict:
-    s, c, n = rows["stidi"], rows["cnn"], rows[f"snntorch-bptt-T{SNN_STEPS}"]
+def ratios(rows: dict[str, dict], by_t: dict[int, float | None], key: str = "images_per_s") -> dict:
+    """The target ratios from ``key`` (wall-time images/s, or the per-batch median as a noise check)."""
+    s, c, n = (rows[name]["details"] for name in ("stidi", "cnn", f"snntorch-bptt-T{SNN_STEPS}"))
     return {
-        "train_vs_cnn": ratio(s["train_images_per_s"], c["train_images_per_s"]),
-        "train_vs_snntorch": ratio(s["train_images_per_s"], n["train_images_per_s"]),
-        "infer_vs_cnn": ratio(s["infer_images_per_s"], c["infer_images_per_s"]),
-        "train_T1024_vs_T64": ratio(by_t.get(1024), by_t.get(64)),
-        "rss_vs_cnn": ratio(s["peak_rss_mb"], c["peak_rss_mb"]),
+        "train_vs_cnn": ratio(s["train"].get(key), c["train"].get(key)),
+        "train_vs_snntorch": ratio(s["train"].get(key), n["train"].get(key)),
+        "infer_vs_cnn": ratio(s["infer"].get(key), c["infer"].get(key)),
+        "train_T1024_vs_T64": ratio(by_t.get(1024, {}).get(key), by_t.get(64, {}).get(key)),
+        "rss_vs_cnn": ratio(rows["stidi"]["peak_rss_mb"], rows["cnn"]["peak_rss_mb"]),
     }
 
 
@@ -438,7 +455,7 @@ def measure(args: argparse.Namespace, command: str) -> dict:
     """Run every measurement (each in its own subprocess) and assemble the result record."""
     import torch
 
-    load_before, source_before = os.getloadavg(), source_fingerprint()
+    load_before, source_before, commit = os.getloadavg(), source_fingerprint(), git("rev-parse", "HEAD")
     started = time.perf_counter()
     rows = {
         "stidi": row("stidi", run_worker("stidi-train", STIDI_T, args), run_worker("stidi-infer", STIDI_T, args)),
@@ -446,14 +463,15 @@ def measure(args: argparse.Namespace, command: str) -> dict:
         f"snntorch-bptt-T{SNN_STEPS}": row(f"snntorch-bptt-T{SNN_STEPS}", run_worker("snntorch-train", SNN_STEPS, args),
                                            run_worker("snntorch-infer", SNN_STEPS, args)),
     }
-    by_t = {STIDI_T: rows["stidi"]["train_images_per_s"]}
+    by_t = {STIDI_T: rows["stidi"]["details"]["train"]}
     for T in T_SWEEP:
         if T not in by_t:
-            by_t[T] = run_worker("stidi-train", T, args).get("images_per_s")
+            by_t[T] = run_worker("stidi-train", T, args)
     profile = run_worker("stidi-profile", STIDI_T, args)
     dirty = git("status", "--porcelain", "--untracked-files=no")
     return {
-        "commit": git("rev-parse", "HEAD"),
+        "commit": commit,
+        "commit_at_end": git("rev-parse", "HEAD"),
         "worktree_modified": bool(dirty),
         "source_fingerprint": source_before,
         "source_changed_during_run": source_fingerprint() != source_before,
@@ -473,13 +491,31 @@ def measure(args: argparse.Namespace, command: str) -> dict:
         "load_average_after": [round(v, 2) for v in os.getloadavg()],
         "wall_seconds": round(time.perf_counter() - started, 1),
         "rows": list(rows.values()),
-        "stidi_by_T": [{"T": T, "train_images_per_s": by_t[T]} for T in T_SWEEP],
+        "stidi_by_T": [{"T": T, "train_images_per_s": by_t[T].get("images_per_s"),
+                        "median_batch_images_per_s": by_t[T].get("median_batch_images_per_s"), "details": by_t[T]}
+                       for T in T_SWEEP],
         "ratios": ratios(rows, by_t),
+        "ratios_median_batch": ratios(rows, by_t, "median_batch_images_per_s"),
         "stidi_profile": profile,
     }
 
 
 # --------------------------------------------------------------------------- report
+
+
+def commit_notes(result: dict) -> str:
+    notes = []
+    if result.get("commit_at_end") and result["commit_at_end"] != result["commit"]:
+        notes.append(f"`{result['commit_at_end']}` by the end of the run")
+    if result.get("worktree_modified"):
+        notes.append("uncommitted changes in the working tree")
+    if result.get("source_changed_during_run"):
+        notes.append("**src/ changed while the benchmark ran**, so measurements may mix versions")
+    return f" ({'; '.join(notes)})" if notes else ""
+
+
+def median_of(r: dict, mode: str) -> float | None:
+    return (r.get("details") or {}).get(mode, {}).get("median_batch_images_per_s")
 
 
 def fmt(value, digits: int = 1) -> str:
@@ -510,14 +546,12 @@ def render(result: dict, json_path: str) -> str:
         "",
         f"* Machine: {result['cpu']} ({result['cores']} cores), {result['threads']} threads "
         f"(PyTorch and numba), Python {result['python']}, PyTorch {result['torch']}",
-        f"* Commit: `{result['commit']}`" + (" (working tree had uncommitted changes)" if result.get("worktree_modified") else "")
-        + (" — **src/ changed while the benchmark ran**" if result.get("source_changed_during_run") else ""),
+        f"* Commit: `{result['commit']}`" + commit_notes(result),
         f"* Command: `{result['command']}` ({result['date']}, {result['wall_seconds']} s in all)",
         f"* Load average (1, 5, 15 min) before / after: {result['load_average_before']} / {result['load_average_after']}",
         "",
         "Absolute figures drift between machines, thread counts and with other load on the machine; only the "
-        "ratios between figures of one run are comparable. With other work on the machine, per-batch times "
-        "scatter (the JSON's `median_batch_images_per_s` next to each figure shows by how much).",
+        "ratios between figures of one run are comparable.",
     ]
     if result.get("quick"):
         lines += ["", "**This is a `--quick` smoke test: the figures are not representative.**"]
@@ -525,17 +559,26 @@ def render(result: dict, json_path: str) -> str:
         "",
         "## Throughput and memory",
         "",
-        "| System | Training images/s | Inference images/s | Peak training RSS (MB) |",
-        "|---|---:|---:|---:|",
+        "Images/s are images ÷ wall time of the timed loop; the median-batch figures (64 ÷ median batch time) "
+        "are a noise check: far apart, other work on the machine slowed some batches.",
+        "",
+        "| System | Training images/s | (median batch) | Inference images/s | (median batch) | Peak training RSS (MB) |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        lines.append(f"| {r['system']} | {fmt(r['train_images_per_s'])} | {fmt(r['infer_images_per_s'])} | {fmt(r['peak_rss_mb'], 0)} |")
-    lines += ["", "STiDi-BP training throughput by time window:", "", "| T | Training images/s |", "|---:|---:|"]
-    lines += [f"| {r['T']} | {fmt(r['train_images_per_s'])} |" for r in result["stidi_by_T"]]
-    lines += ["", "## Against the project's targets", "", "| Ratio | Definition | Target | This run | |", "|---|---|---:|---:|---|"]
+        lines.append(f"| {r['system']} | {fmt(r['train_images_per_s'])} | {fmt(median_of(r, 'train'))} "
+                     f"| {fmt(r['infer_images_per_s'])} | {fmt(median_of(r, 'infer'))} | {fmt(r['peak_rss_mb'], 0)} |")
+    lines += ["", "STiDi-BP training throughput by time window:", "",
+              "| T | Training images/s | (median batch) |", "|---:|---:|---:|"]
+    lines += [f"| {r['T']} | {fmt(r['train_images_per_s'])} | {fmt(r.get('median_batch_images_per_s'))} |"
+              for r in result["stidi_by_T"]]
+    lines += ["", "## Against the project's targets", "",
+              "| Ratio | Definition | Target | This run | | (from median batches) |", "|---|---|---:|---:|---|---:|"]
+    medians = result.get("ratios_median_batch") or {}
     for name, (target, op, text) in TARGETS.items():
         value = result["ratios"].get(name)
-        lines.append(f"| `{name}` | {text} | {'≥' if op == '>=' else '≤'} {target:g} | {fmt(value, 2)} | {verdict(name, value)} |")
+        lines.append(f"| `{name}` | {text} | {'≥' if op == '>=' else '≤'} {target:g} | {fmt(value, 2)} "
+                     f"| {verdict(name, value)} | {fmt(medians.get(name), 2)} |")
     lines += render_profile(result.get("stidi_profile") or {})
     lines += [
         "",
@@ -559,8 +602,9 @@ def render(result: dict, json_path: str) -> str:
         f"default (ATan) surrogate gradient, {snn_info.get('steps', SNN_STEPS)} time steps of "
         f"{snn_info.get('input', 'rate-coded input')}, BPTT through all steps with `snntorch.functional.ce_rate_loss`, "
         "Adam; inference counts output spikes over the steps.",
-        "* Peak training RSS: each system's training loop runs in its own process; the kernel's peak-RSS counter "
-        "(VmHWM) is reset after warm-up, so the figure is the peak resident memory during the timed loop: "
+        "* Peak training RSS: each system's training loop runs in its own process; after warm-up, freed heap memory "
+        "is handed back to the OS (`gc.collect`, `malloc_trim`) and the kernel's peak-RSS counter (VmHWM) is reset, "
+        "so the figure is the peak resident memory during the timed loop: "
         "interpreter, libraries, the MNIST training set and the working set of training. The whole-process peak "
         "(`ru_maxrss`, compilation included) is in the JSON as `process_max_rss_mb`.",
         "* Where the time goes: the same training step split into phases with a timer around each, mean over "

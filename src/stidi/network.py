@@ -149,9 +149,12 @@ class Network(nn.Module):
 
         Weights are drawn from ``N(0, 1)``; the potential is linear in the weights, so
         scaling them by ``a`` scales every neuron's peak potential by ``a``. Layer by
-        layer, ``a = θ / q`` with ``q`` the ``(1 − f)``-quantile of the peak potentials
-        on the calibration batch ``t_in`` makes a fraction ``f`` of the neurons fire.
-        Returns the fraction that fires in each weighted layer afterwards.
+        layer, ``a = θ / q`` with ``q`` the ``(1 − f)``-quantile of the positive peak
+        potentials on the calibration batch ``t_in`` makes a fraction ``f`` of the
+        neurons that receive any net excitation fire. (Neurons that see no input spike,
+        such as convolution positions over a blank background, are left out: counting
+        them would ask the few driven neurons for a huge gain and make them all fire at
+        once.) Returns the fraction of all neurons that fires in each weighted layer.
         """
         fractions = per_layer(firing_fraction, len(self.weighted), "init_firing_fraction")
         if any(not 0 < f <= 1 for f in fractions):
@@ -165,7 +168,8 @@ class Network(nn.Module):
                 x = t.flatten(1) if isinstance(layer, Dense) else t
                 padding = layer.padding if isinstance(layer, Conv) else 0
                 _, u_max = engine.scan_potential(x, w, self.thresholds[k], self.T, self.tau, padding, track_max=True)
-                q = torch.quantile(u_max.flatten().double()[: 1 << 24], 1.0 - fractions[k]).item()
+                driven = u_max[u_max > 0].double()[: 1 << 24]
+                q = torch.quantile(driven, 1.0 - fractions[k]).item() if driven.numel() else 0.0
                 scale = self.thresholds[k] / q if q > 0 else 1.0 / math.sqrt(w[0].numel())
                 self.weights[k].copy_(w * scale)
             t, _ = self.layer_forward(i, t)
