@@ -456,6 +456,7 @@ def measure(args: argparse.Namespace, command: str) -> dict:
     import torch
 
     load_before, source_before, commit = os.getloadavg(), source_fingerprint(), git("rev-parse", "HEAD")
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", "src"))
     started = time.perf_counter()
     rows = {
         "stidi": row("stidi", run_worker("stidi-train", STIDI_T, args), run_worker("stidi-infer", STIDI_T, args)),
@@ -468,11 +469,10 @@ def measure(args: argparse.Namespace, command: str) -> dict:
         if T not in by_t:
             by_t[T] = run_worker("stidi-train", T, args)
     profile = run_worker("stidi-profile", STIDI_T, args)
-    dirty = git("status", "--porcelain", "--untracked-files=no")
     return {
         "commit": commit,
         "commit_at_end": git("rev-parse", "HEAD"),
-        "worktree_modified": bool(dirty),
+        "src_modified_at_start": dirty,
         "source_fingerprint": source_before,
         "source_changed_during_run": source_fingerprint() != source_before,
         "command": command,
@@ -507,8 +507,8 @@ def commit_notes(result: dict) -> str:
     notes = []
     if result.get("commit_at_end") and result["commit_at_end"] != result["commit"]:
         notes.append(f"`{result['commit_at_end']}` by the end of the run")
-    if result.get("worktree_modified"):
-        notes.append("uncommitted changes in the working tree")
+    if result.get("src_modified_at_start"):
+        notes.append("with uncommitted changes in src/")
     if result.get("source_changed_during_run"):
         notes.append("**src/ changed while the benchmark ran**, so measurements may mix versions")
     return f" ({'; '.join(notes)})" if notes else ""
