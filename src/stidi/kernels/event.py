@@ -182,27 +182,6 @@ if AVAILABLE:
                             _advance(n, T, u, slope, since, fired_at, theta)
                         out[b, co, oy, ox] = fired_at[n] if fired_at[n] >= 0 else np.inf
 
-    @njit(cache=True)
-    def _events_by_time(times, T):
-        """Counting sort of the finite spike times ``< T`` of a flat array: (offsets, indices)."""
-        counts = np.zeros(T + 1, dtype=np.int64)
-        n = 0
-        for i in range(times.size):
-            t = times[i]
-            if t < T:
-                counts[int(t) + 1] += 1
-                n += 1
-        for k in range(T):
-            counts[k + 1] += counts[k]
-        order = np.empty(n, dtype=np.int64)
-        fill = counts[:T].copy()
-        for i in range(times.size):
-            t = times[i]
-            if t < T:
-                order[fill[int(t)]] = i
-                fill[int(t)] += 1
-        return counts, order
-
     @njit(parallel=True, cache=True)
     def _dense_forward_stepped(t_in, w_t, theta, T, tau, out):
         """Time-stepped variant of :func:`_dense_forward`: ``u(t) = u(t − 1) + slope`` for every unfired neuron."""
@@ -212,7 +191,7 @@ if AVAILABLE:
         rate = 1.0 / T if ramp else 1.0 / tau
         lag = 0 if ramp else int(tau)
         for b in prange(B):
-            offsets, order = _events_by_time(t_in[b], T)
+            offsets, inputs, signs = _events_by_time_with_ends(t_in[b], T, lag)
             u = np.zeros(M)
             slope = np.zeros(M)
             fired = np.zeros(M, dtype=np.bool_)
@@ -222,14 +201,9 @@ if AVAILABLE:
             for t in range(1, T + 1):
                 s = t - 1
                 for e in range(offsets[s], offsets[s + 1]):
-                    i = order[e]
+                    i, sign = inputs[e], signs[e] * rate
                     for m in range(M):
-                        slope[m] += w_t[i, m] * rate
-                if not ramp and s - lag >= 0:
-                    for e in range(offsets[s - lag], offsets[s - lag + 1]):
-                        i = order[e]
-                        for m in range(M):
-                            slope[m] -= w_t[i, m] * rate
+                        slope[m] += sign * w_t[i, m]
                 for m in range(M):
                     if not fired[m]:
                         u[m] += slope[m]
@@ -264,7 +238,7 @@ if AVAILABLE:
         rate = 1.0 / T if ramp else 1.0 / tau
         lag = 0 if ramp else int(tau)
         for b in prange(B):
-            offsets, order = _events_by_time(t_in[b].ravel(), T)
+            offsets, inputs, signs = _events_by_time_with_ends(t_in[b].ravel(), T, lag)
             u = np.zeros((Co, Ho, Wo))
             slope = np.zeros((Co, Ho, Wo))
             fired = np.zeros((Co, Ho, Wo), dtype=np.bool_)
@@ -273,14 +247,9 @@ if AVAILABLE:
             for t in range(1, T + 1):
                 s = t - 1
                 for e in range(offsets[s], offsets[s + 1]):
-                    i = order[e]
+                    i = inputs[e]
                     c, rest = i // (H * W), i % (H * W)
-                    _scatter_slope(slope, w, c, rest // W, rest % W, rate, K, Ho, Wo)
-                if not ramp and s - lag >= 0:
-                    for e in range(offsets[s - lag], offsets[s - lag + 1]):
-                        i = order[e]
-                        c, rest = i // (H * W), i % (H * W)
-                        _scatter_slope(slope, w, c, rest // W, rest % W, -rate, K, Ho, Wo)
+                    _scatter_slope(slope, w, c, rest // W, rest % W, signs[e] * rate, K, Ho, Wo)
                 for co in range(Co):
                     for oy in range(Ho):
                         for ox in range(Wo):
