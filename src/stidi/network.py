@@ -96,14 +96,19 @@ class Network(nn.Module):
     def threshold_of(self, layer_index: int) -> float:
         return self.thresholds[self.weighted.index(layer_index)]
 
+    def layer_operands(self, index: int, t_in: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Input times as weighted layer ``index`` consumes them (flattened for a dense layer) and its padding."""
+        layer = self.layers[index]
+        x = t_in.flatten(1) if isinstance(layer, Dense) else t_in
+        return x, (layer.padding if isinstance(layer, Conv) else 0)
+
     def layer_forward(self, index: int, t_in: torch.Tensor, weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Output times of layer ``index`` (and pooling winners, for a pooling layer)."""
         layer = self.layers[index]
         if isinstance(layer, Pool):
             return engine.earliest_pool(t_in, layer.kernel)
         w = self.weight_of(index) if weight is None else weight
-        x = t_in.flatten(1) if isinstance(layer, Dense) else t_in
-        padding = layer.padding if isinstance(layer, Conv) else 0
+        x, padding = self.layer_operands(index, t_in)
         return kernels.spike_times(x, w, self.threshold_of(index), self.T, self.tau, padding), None
 
     @torch.no_grad()
@@ -165,8 +170,7 @@ class Network(nn.Module):
             if i in self.weighted:
                 k = self.weighted.index(i)
                 w = torch.randn(self.weights[k].shape, generator=generator, dtype=self.weights[k].dtype)
-                x = t.flatten(1) if isinstance(layer, Dense) else t
-                padding = layer.padding if isinstance(layer, Conv) else 0
+                x, padding = self.layer_operands(i, t)
                 _, u_max = engine.scan_potential(x, w, self.thresholds[k], self.T, self.tau, padding, track_max=True)
                 driven = u_max[u_max > 0].double()[: 1 << 24]
                 q = torch.quantile(driven, 1.0 - fractions[k]).item() if driven.numel() else 0.0

@@ -31,7 +31,7 @@ import torch
 
 from . import kernels
 from .kernels import vectorised as engine
-from .layers import Conv, Dense, Pool
+from .layers import Conv, Pool
 from .network import Network, Trace
 
 
@@ -97,8 +97,7 @@ def update_directions(net: Network, trace: Trace, labels: torch.Tensor, opts: Ru
         k = net.weighted.index(i)
         w = net.weights[k]
         theta = net.thresholds[k]
-        x = t_in.flatten(1) if isinstance(layer, Dense) else t_in
-        padding = layer.padding if isinstance(layer, Conv) else 0
+        x, padding = net.layer_operands(i, t_in)
         t_rule = t_out.clamp(max=T)
         delta = error.reshape(t_rule.shape) * latency_gain(t_rule, theta, opts.latency_derivative)
         G, shift = kernels.rule(x, t_rule, delta, w, opts.displacement_gate, T, net.tau, padding, need_displacement=i > 0)

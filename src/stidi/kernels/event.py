@@ -51,6 +51,14 @@ if AVAILABLE:
         return 1.0 / tau if s < tau else 0.0
 
     @njit(cache=True, inline="always")
+    def _rate_and_lag(tau, T):
+        """Slope per unit weight of a rising PSP (``1/τ``, ``1/T`` for the ramp) and the
+        steps after which it stops rising (``τ``; 0 for the ramp, which never stops)."""
+        if math.isinf(tau):
+            return 1.0 / T, 0
+        return 1.0 / tau, int(tau)
+
+    @njit(cache=True, inline="always")
     def _advance(n, s, u, slope, since, fired_at, theta):
         """Bring neuron ``n`` from step ``since[n]`` to step ``s`` on its current slope.
 
@@ -115,9 +123,7 @@ if AVAILABLE:
         """``t_in (B, N)``, ``w_t (N, M)`` (transposed weight), ``out (B, M)`` filled with times."""
         B, N = t_in.shape
         M = w_t.shape[1]
-        ramp = math.isinf(tau)
-        rate = 1.0 / T if ramp else 1.0 / tau
-        lag = 0 if ramp else int(tau)
+        rate, lag = _rate_and_lag(tau, T)
         for b in prange(B):
             offsets, inputs, signs = _events_by_time_with_ends(t_in[b], T, lag)
             u = np.zeros(M)
@@ -143,9 +149,7 @@ if AVAILABLE:
         B, C, H, W = t_in.shape
         _, K, _, Co = w.shape
         Ho, Wo = H - K + 1, W - K + 1
-        ramp = math.isinf(tau)
-        rate = 1.0 / T if ramp else 1.0 / tau
-        lag = 0 if ramp else int(tau)
+        rate, lag = _rate_and_lag(tau, T)
         n_out = Ho * Wo * Co
         for b in prange(B):
             offsets, inputs, signs = _events_by_time_with_ends(t_in[b].ravel(), T, lag)
@@ -187,9 +191,7 @@ if AVAILABLE:
         """Time-stepped variant of :func:`_dense_forward`: ``u(t) = u(t − 1) + slope`` for every unfired neuron."""
         B, N = t_in.shape
         M = w_t.shape[1]
-        ramp = math.isinf(tau)
-        rate = 1.0 / T if ramp else 1.0 / tau
-        lag = 0 if ramp else int(tau)
+        rate, lag = _rate_and_lag(tau, T)
         for b in prange(B):
             offsets, inputs, signs = _events_by_time_with_ends(t_in[b], T, lag)
             u = np.zeros(M)
@@ -234,9 +236,7 @@ if AVAILABLE:
         B, C, H, W = t_in.shape
         Co, _, K, _ = w.shape
         Ho, Wo = H - K + 1, W - K + 1
-        ramp = math.isinf(tau)
-        rate = 1.0 / T if ramp else 1.0 / tau
-        lag = 0 if ramp else int(tau)
+        rate, lag = _rate_and_lag(tau, T)
         for b in prange(B):
             offsets, inputs, signs = _events_by_time_with_ends(t_in[b].ravel(), T, lag)
             u = np.zeros((Co, Ho, Wo))
