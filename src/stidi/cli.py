@@ -1,4 +1,4 @@
-"""The ``stidi`` command line: train, evaluate and fetch data.
+"""The ``stidi`` command line: train, evaluate, fetch data; predict, inspect, plot and export (:mod:`stidi.cli_tools`).
 
 Every error a user can cause ends in a one-line message on stderr and exit status 2
 (never a traceback).
@@ -59,6 +59,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .train import train
 
     config = load_config(args.config, _overrides(args))
+    if args.plots:
+        from .inputs import require
+
+        require("matplotlib", "matplotlib", "plots", "--plots")
     out = Path(args.out or f"runs/{config.train.dataset}")
     if any(out.glob("checkpoint*.safetensors")) and not args.resume:
         raise StidiError(f"{out} already holds a run; add --resume to continue it, or choose another --out")
@@ -68,6 +72,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     best = max(history, key=lambda r: r["test_accuracy"])
     print(f"test accuracy {history[-1]['test_accuracy']:.4f} after epoch {history[-1]['epoch']} "
           f"(best {best['test_accuracy']:.4f} at epoch {best['epoch']}); model: {out / 'model.safetensors'}")
+    if args.plots:
+        from .plots import make_plots
+
+        for path in make_plots(out, limit=config.train.test_limit or 1000):
+            print(f"plot: {path}")
     return 0
 
 
@@ -119,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", metavar="DIR", help="run directory for model, checkpoint and metrics (default: runs/DATASET)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     train.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
+    train.add_argument("--plots", action="store_true", help="after training, write PNG plots to OUT/plots (as 'stidi plot OUT'; needs matplotlib)")
     train.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("eval", help="test accuracy of a saved model",
@@ -139,6 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--data-dir", metavar="DIR", help="cache directory (default: $STIDI_DATA or ~/.cache/stidi)")
     fetch.add_argument("--local-dir", metavar="DIR", help="directory that already holds the IDX files (raw or .gz)")
     fetch.set_defaults(func=cmd_data_fetch)
+
+    from .cli_tools import add_commands
+
+    add_commands(sub)
     return parser
 
 
