@@ -144,3 +144,84 @@ def test_inspect_refuses_data_of_another_shape(tmp_path, capsys):
     st.save(tmp_path / "m", net)
     assert main(["inspect", str(tmp_path / "m.safetensors"), "--data", "mnist"]) == 2
     assert "pass --data FILE" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- NIR export
+
+
+def simulate_nir(graph, t_in: torch.Tensor, T: int) -> dict[str, torch.Tensor]:
+    """Integrate a chain-shaped NIR graph exactly at integer steps 0..T, single-spike neurons.
+
+    ``I`` nodes turn weighted spikes into step currents; an ``IF`` fed by an ``I``
+    integrates that piecewise-constant current over (t − 1, t], an ``IF`` fed by
+    spikes (pooling) integrates the spikes arriving at t. A neuron fires once, at the
+    first step where v ≥ v_threshold (the metadata's rule). Returns each IF's spike times.
+    """
+    import torch.nn.functional as F
+
+    order = ["input"]
+    nxt = dict(graph.edges)
+    while order[-1] in nxt:
+        order.append(nxt[order[-1]])
+    state: dict[str, dict] = {}
+    times: dict[str, torch.Tensor] = {}
+    for t in range(T + 1):
+        x = (t_in == t).double()
+        for name in order[1:]:
+            node = graph.nodes[name]
+            kind = type(node).__name__
+            if kind == "Conv2d":
+                x = F.conv2d(x, torch.as_tensor(node.weight), padding=tuple(int(p) for p in node.padding))
+            elif kind == "Flatten":
+                x = x.flatten(1)
+            elif kind == "Linear":
+                x = x @ torch.as_tensor(node.weight).T
+            elif kind == "SumPool2d":
+                x = F.avg_pool2d(x, tuple(int(k) for k in node.kernel_size)) * int(np.prod(node.kernel_size))
+            elif kind == "I":
+                st = state.setdefault(name, {"c": torch.zeros_like(x)})
+                before = st["c"]
+                st["c"] = before + torch.as_tensor(node.r) * x
+                x = before  # current on (t − 1, t]
+            elif kind == "IF":
+                st = state.setdefault(name, {"v": torch.zeros_like(x), "fired": torch.zeros_like(x, dtype=torch.bool)})
+                st["v"] = st["v"] + torch.as_tensor(node.r) * x
+                spike = (st["v"] >= torch.as_tensor(node.v_threshold)) & ~st["fired"]
+                st["fired"] |= spike
+                tt = times.setdefault(name, torch.full(x.shape, math.inf, dtype=torch.float64))
+                tt[spike] = t
+                x = spike.double()
+    return times
+
+
+def test_export_nir_reads_back_and_reproduces_spike_times(run_dir, tmp_path, capsys):
+    import nir
+
+    from stidi.encoding import ttfs_encode
+    from stidi.io import load_model
+
+    out = tmp_path / "model.nir"
+    capsys.readouterr()
+    assert main(["export", str(run_dir), "--format", "nir", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert str(out) in captured.out
+    assert "stidi: warning:" in captured.err and "at most once" in captured.err and "docs/nir.md" in captured.out
+    graph = nir.read(str(out))
+    net = load_model(run_dir)[0]
+    kinds = [type(graph.nodes[b]).__name__ for a, b in graph.edges]
+    assert kinds == ["Conv2d", "I", "IF", "SumPool2d", "IF", "Flatten", "Linear", "I", "IF", "Output"]
+    conv = graph.nodes["1_8C5_conv"]
+    assert np.array_equal(conv.weight, net.weights[0].double().numpy())
+    assert np.array_equal(graph.nodes["3_10_linear"].weight, net.weights[1].double().numpy())
+    assert float(graph.metadata["T"]) == net.T and int(graph.nodes["3_10_if"].metadata["single_spike"]) == 1
+    assert np.all(graph.nodes["1_8C5_if"].v_threshold == net.thresholds[0])
+    # a NIR simulator that honours the metadata gets stidi's spike times in every layer
+    images, _ = load_dataset("mnist", "test")
+    t_in = ttfs_encode(images[:20], net.T).reshape(-1, 1, 28, 28)
+    trace = net.trace(t_in)
+    sim = simulate_nir(graph, t_in.double(), net.T)
+    for name, k in (("1_8C5_if", 1), ("2_P2_if", 2), ("3_10_if", 3)):
+        assert torch.equal(sim[name], trace.times[k].double()), name
+    # default output path: beside the model
+    assert main(["export", str(run_dir / "model.safetensors")]) == 0
+    assert (run_dir / "model.nir").exists()
