@@ -23,7 +23,7 @@ TINY = ["--network", "8C5-P2-10", "--T", "64", "--train-limit", "300", "--test-l
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("tools") / "run"
-    assert main(["train", *TINY, "--out", str(out)]) == 0
+    assert main(["train", *TINY, "--out", str(out), "--plots"]) == 0
     return out
 
 
@@ -225,3 +225,57 @@ def test_export_nir_reads_back_and_reproduces_spike_times(run_dir, tmp_path, cap
     # default output path: beside the model
     assert main(["export", str(run_dir / "model.safetensors")]) == 0
     assert (run_dir / "model.nir").exists()
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def _png_size(path) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(path) as img:
+        assert img.format == "PNG"
+        return img.size
+
+
+def test_train_plots_and_plot_command_write_pngs(run_dir, tmp_path, capsys):
+    names = ["learning_curves.png", "confusion.png", "firing_times.png", "raster.png", "spike_maps.png"]
+    for name in names:  # written by 'train --plots' in the fixture
+        w, h = _png_size(run_dir / "plots" / name)
+        assert w > 300 and h > 200
+    capsys.readouterr()
+    assert main(["plot", str(run_dir / "model.safetensors"), "--out", str(tmp_path), "--limit", "50", "--image", "7"]) == 0
+    printed = capsys.readouterr().out.split()
+    assert sorted(printed) == sorted(str(tmp_path / n) for n in names)
+    assert main(["plot", str(run_dir), "--out", str(tmp_path / "one"), "--which", "raster"]) == 0
+    assert [p.name for p in (tmp_path / "one").iterdir()] == ["raster.png"]
+
+
+def test_plot_errors_are_one_line(run_dir, tmp_path, capsys, monkeypatch):
+    images, _ = load_dataset("mnist", "test")
+    np.save(tmp_path / "x.npy", images[:5])
+    capsys.readouterr()
+    assert main(["plot", str(run_dir), "--data", str(tmp_path / "x.npy"), "--which", "confusion", "--out", str(tmp_path)]) == 2
+    assert "needs labels" in capsys.readouterr().err
+    assert main(["plot", str(run_dir), "--data", str(tmp_path / "x.npy"), "--which", "raster", "--image", "9"]) == 2
+    assert "the data has 5 images" in capsys.readouterr().err
+    monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)
+    assert main(["plot", str(run_dir)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "pip install matplotlib" in err and err.count("\n") == 0
+    monkeypatch.setitem(__import__("sys").modules, "nir", None)
+    assert main(["export", str(run_dir)]) == 2
+    assert "pip install nir" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["predict", "inspect", "plot", "export"])
+def test_tool_help_explains_every_option(command):
+    import argparse
+
+    from stidi.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    assert sub.description
+    for action in sub._actions:
+        assert action.help and len(action.help) > 10, f"{command}: {action.option_strings or action.dest} has no help"

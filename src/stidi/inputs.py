@@ -161,3 +161,56 @@ def read_inputs(paths: Sequence[str | Path], input_shape: Sequence[int], limit: 
         raise DataError("no input files given")
     images = np.concatenate(batches)
     return (1.0 - images if invert else images), names
+
+
+def read_labels(path: str | Path, count: int) -> "torch.Tensor":
+    """Labels from an IDX or ``.npy`` file, checked against the number of images."""
+    import torch
+
+    from .data import read_idx
+
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"{p}: no such labels file")
+    if p.suffix.lower() == ".npy":
+        try:
+            y = np.load(p, allow_pickle=False)
+        except Exception as exc:
+            raise DataError(f"{p}: cannot read the .npy file ({exc})") from None
+    else:
+        y = read_idx(p)
+    y = np.asarray(y).reshape(-1)
+    if not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"{p}: labels must be integers, got dtype {y.dtype}")
+    if len(y) < count:
+        raise DataError(f"{p}: holds {len(y)} labels for {count} images")
+    return torch.as_tensor(y[:count].astype(np.int64))
+
+
+def evaluation_data(net, config, data: str | None, labels: str | None, limit: int) -> tuple["torch.Tensor", "torch.Tensor | None", str]:
+    """Input spike times, labels (or ``None``) and a description of the data to analyse.
+
+    ``data`` is a built-in dataset name (its test split) or an image/``.npy``/IDX file;
+    by default the test split of the dataset the model was trained on.
+    """
+    import torch
+
+    from .data import DATASET_NAMES, load_dataset
+    from .encoding import ttfs_encode
+
+    name = data or config.train.dataset
+    if name in DATASET_NAMES:
+        if tuple(net.input_shape) not in ((1, 28, 28), (784,)):
+            raise DataError(f"the model takes inputs of shape {net.input_shape}, {name} images are 1×28×28; "
+                            "pass --data FILE with images of the model's shape")
+        images, y = load_dataset(name, "test")
+        if limit:
+            images, y = images[:limit], y[:limit]
+        t_in = ttfs_encode(images, net.T).reshape(-1, *net.input_shape)
+        return t_in, torch.as_tensor(y), f"{len(y)} {name} test images"
+    if not Path(name).exists():
+        raise DataError(f"--data {name}: neither a dataset ({', '.join(DATASET_NAMES)}) nor an existing file")
+    images, _ = read_inputs([name], net.input_shape, limit=limit)
+    t_in = ttfs_encode(images, net.T).reshape(-1, *net.input_shape)
+    y = read_labels(labels, len(t_in)) if labels else None
+    return t_in, y, f"{len(t_in)} images from {name}"
