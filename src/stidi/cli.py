@@ -39,6 +39,9 @@ TRAIN_FLAGS = {
     "--train-limit": ("train", "train_limit", {"type": int, "help": "train on the first N images only (default: all)"}),
     "--test-limit": ("train", "test_limit", {"type": int, "help": "evaluate on the first N test images only (default: all)"}),
     "--threads": ("train", "threads", {"type": int, "help": "CPU threads for PyTorch (default: all cores)"}),
+    "--validation": ("train", "validation", {"type": int, "help": "hold out the last N training images to pick the best epoch (OUT/best.safetensors); default: 0 = none"}),
+    "--binary": ("model", "binary", {"action": "store_const", "const": True, "help": "binary weights: forward pass with alpha*sign(w), the rule updates the real weights; models are saved at 1 bit per synapse"}),
+    "--silent-gate": ("rule", "silent_gate", {"choices": ["closed", "open"], "help": "hidden neurons that stayed silent get no displacement ('closed', default) or the ungated one ('open', revives them)"}),
     "--checkpoint-every": ("train", "checkpoint_every", {"type": int, "help": "also checkpoint every N batches inside an epoch; 0 = only at epoch ends (default: 100)"}),
 }
 
@@ -56,7 +59,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .train import train
+    from .train import best_record, train
 
     config = load_config(args.config, _overrides(args))
     if args.plots:
@@ -69,9 +72,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"training {config.model.network} on {config.train.dataset} (T={config.model.T}, "
           f"{config.train.epochs} epochs) -> {out}", file=sys.stderr)
     _, history = train(config, out, resume=args.resume, progress=not args.no_progress)
-    best = max(history, key=lambda r: r["test_accuracy"])
-    print(f"test accuracy {history[-1]['test_accuracy']:.4f} after epoch {history[-1]['epoch']} "
-          f"(best {best['test_accuracy']:.4f} at epoch {best['epoch']}); model: {out / 'model.safetensors'}")
+    last = history[-1]
+    if "val_accuracy" in last:
+        best = best_record(history)
+        print(f"test accuracy {best['test_accuracy']:.4f} at epoch {best['epoch']}, the best by validation accuracy "
+              f"({best['val_accuracy']:.4f}); model: {out / 'best.safetensors'} (last epoch: {out / 'model.safetensors'})")
+    else:
+        print(f"test accuracy {last['test_accuracy']:.4f} after epoch {last['epoch']}; model: {out / 'model.safetensors'}")
     if args.plots:
         from .plots import make_plots
 

@@ -66,6 +66,8 @@ class ModelConfig:
     forced_firing: bool = _field(True, None, "an output that never reached threshold fires at T")
     threshold: float | list = _field(1.0, each(POSITIVE), "firing threshold per weighted layer")
     init_firing_fraction: float | list = _field(0.3, each(FRACTION), "fraction of each weighted layer that fires before T after initialisation")
+    binary: bool | list = _field(False, (lambda v: all(isinstance(x, bool) for x in v) if isinstance(v, list) else True, "true/false or a list of them"), "binary weights: forward with α·sign(w), the rule updates the real w (per weighted layer or one for all)")
+    binary_scale: str = _field("mean_abs", one_of("mean_abs", "fixed"), "α of a binary layer: mean |w| of the real weights ('mean_abs') or fixed at initialisation ('fixed')")
 
 
 @dataclass
@@ -77,6 +79,7 @@ class RuleConfig:
     displacement_gate: str = _field("mask", one_of("mask", "slope"), "g in the displacement: fired-before mask or PSP slope ε'")
     error_norm: str = _field("l2", one_of("l2", "none"), "per-layer, per-sample error normalisation")
     conv_update: str = _field("sum", one_of("sum", "mean"), "shared conv weights: sum or average over positions")
+    silent_gate: str = _field("closed", one_of("closed", "open"), "displacement of hidden neurons that stayed silent: none ('closed') or ungated W^T δ ('open', revives them)")
 
 
 @dataclass
@@ -93,6 +96,7 @@ class TrainConfig:
     test_limit: int = _field(0, NON_NEGATIVE, "evaluate on the first N test images (0: all)")
     seed: int = _field(0, NON_NEGATIVE, "seed of initialisation and shuffling")
     threads: int = _field(0, NON_NEGATIVE, "CPU threads (0: PyTorch's default)")
+    validation: int = _field(0, NON_NEGATIVE, "hold out the last N training images to choose the best epoch (saved as best.safetensors); never the test set")
     checkpoint_every: int = _field(100, NON_NEGATIVE, "also checkpoint every N batches within an epoch (0: only at epoch ends)")
 
 

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
@@ -58,7 +60,7 @@ def sidecar(path: str | Path) -> Path:
 def build_network(config: Config) -> Network:
     """An (uninitialised) network described by ``config.model``."""
     m = config.model
-    return Network(m.network, tuple(m.input_shape), m.T, m.tau, m.threshold, m.forced_firing)
+    return Network(m.network, tuple(m.input_shape), m.T, m.tau, m.threshold, m.forced_firing, m.binary, m.binary_scale)
 
 
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], info: dict) -> None:
@@ -101,24 +103,82 @@ def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
 
 
 def network_tensors(net: Network) -> dict[str, torch.Tensor]:
-    return {f"weight.{k}": w.data for k, w in enumerate(net.weights)}
+    """Everything that defines a network's state: real weights and the fixed binary scales."""
+    return {**{f"weight.{k}": w.data for k, w in enumerate(net.weights)}, "fixed_scales": net.fixed_scales}
+
+
+def pack_signs(w: torch.Tensor) -> torch.Tensor:
+    """``sign(w)`` packed at 1 bit per synapse (bit set for ``w ≥ 0``), as ``uint8``."""
+    return torch.from_numpy(np.packbits((w.detach().cpu() >= 0).numpy().ravel()))
+
+
+def unpack_signs(packed: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """Inverse of :func:`pack_signs`: a ``±1`` float tensor of ``shape``."""
+    count = math.prod(shape)
+    bits = np.unpackbits(packed.numpy())[:count]
+    return torch.from_numpy(bits.astype(np.float32) * 2 - 1).reshape(shape)
+
+
+def model_tensors(net: Network) -> dict[str, torch.Tensor]:
+    """Tensors of a saved model: real layers as weights, binary layers as packed signs plus ``α``.
+
+    A binary layer needs only ``sign(w)`` and ``α`` for inference: 1 bit per synapse
+    instead of 32.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for k, w in enumerate(net.weights):
+        if net.binary[k]:
+            out[f"signs.{k}"] = pack_signs(w)
+            out[f"scale.{k}"] = net.scale(k).reshape(1).to(torch.float64)
+        else:
+            out[f"weight.{k}"] = w.data
+    return out
 
 
 def save_model(path: str | Path, net: Network, config: Config, extra: dict | None = None) -> None:
-    """Save the network's weights and the configuration that rebuilds it."""
-    save_tensors(path, network_tensors(net), {"config": config.to_dict(), **(extra or {})})
+    """Save the network for inference (binary layers packed) and the configuration that rebuilds it."""
+    save_tensors(path, model_tensors(net), {"config": config.to_dict(), **(extra or {})})
+
+
+def _expected_tensors(net: Network, packed: bool, has_fixed_scales: bool) -> dict[str, tuple[int, ...]]:
+    expected: dict[str, tuple[int, ...]] = {}
+    for k, w in enumerate(net.weights):
+        if packed and net.binary[k]:
+            expected[f"signs.{k}"] = ((w.numel() + 7) // 8,)
+            expected[f"scale.{k}"] = (1,)
+        else:
+            expected[f"weight.{k}"] = tuple(w.shape)
+    if has_fixed_scales or (not packed and any(net.binary)):
+        expected["fixed_scales"] = (len(net.weights),)
+    return expected
 
 
 def restore_weights(net: Network, tensors: dict[str, torch.Tensor], path: Path) -> None:
-    """Copy saved weights into ``net``, refusing missing, extra or misshapen tensors."""
-    expected = {f"weight.{k}": tuple(w.shape) for k, w in enumerate(net.weights)}
-    got = {k: tuple(v.shape) for k, v in tensors.items() if k.startswith("weight.")}
+    """Load saved weights into ``net`` (full state, or a model with packed binary layers).
+
+    Missing, extra or misshapen tensors and non-finite values are refused. A packed
+    binary layer becomes real weights ``α · sign`` (so ``mean |w| = α`` exactly), and
+    its fixed scale is ``α``: either scale option then gives the saved forward weights.
+    """
+    packed = any(key.startswith("signs.") for key in tensors)
+    expected = _expected_tensors(net, packed, "fixed_scales" in tensors)
+    got = {k: tuple(v.shape) for k, v in tensors.items() if k.split(".")[0] in ("weight", "signs", "scale", "fixed_scales")}
     if got != expected:
         raise ModelFileError(f"{path}: its tensors {got} do not match the network in its config, which needs {expected}")
+    for key, value in tensors.items():
+        if key in expected and value.is_floating_point() and not torch.isfinite(value).all():
+            raise ModelFileError(f"{path}: {key} holds NaN or infinite values; the model is unusable")
     for k, w in enumerate(net.weights):
-        if not torch.isfinite(tensors[f"weight.{k}"]).all():
-            raise ModelFileError(f"{path}: weight.{k} holds NaN or infinite values; the model is unusable")
-        w.data.copy_(tensors[f"weight.{k}"].to(w.dtype))
+        if packed and net.binary[k]:
+            alpha = tensors[f"scale.{k}"].double()[0]
+            if not alpha > 0:
+                raise ModelFileError(f"{path}: scale.{k} = {float(alpha)} must be > 0")
+            w.data.copy_((unpack_signs(tensors[f"signs.{k}"], tuple(w.shape)).double() * alpha).to(w.dtype))
+            net.fixed_scales[k] = alpha
+        else:
+            w.data.copy_(tensors[f"weight.{k}"].to(w.dtype))
+    if "fixed_scales" in tensors and not packed:
+        net.fixed_scales.copy_(tensors["fixed_scales"].double())
 
 
 def load_model(path: str | Path) -> tuple[Network, Config, dict]:

@@ -19,6 +19,20 @@ from .kernels import vectorised as engine
 from .layers import Conv, Dense, Layer, Pool, parse_spec, shapes
 
 
+def per_layer_flag(value: bool | list[bool], count: int, name: str) -> list[bool]:
+    """Broadcast a flag to ``count`` weighted layers, or check a list has that length."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != count:
+            raise ConfigError(f"{name}: got {len(value)} values for {count} weighted layers; give one per layer or a single value")
+        return [bool(v) for v in value]
+    return [bool(value)] * count
+
+
+def binarise(w: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """``α · sign(w)`` with ``sign(0) = +1``, in ``w``'s dtype: the forward weight of a binary layer."""
+    return torch.where(w >= 0, alpha, -alpha).to(w.dtype)
+
+
 def per_layer(value: float | list[float], count: int, name: str) -> list[float]:
     """Broadcast a scalar to ``count`` weighted layers, or check a list has that length."""
     if isinstance(value, (list, tuple)):
@@ -59,6 +73,12 @@ class Network(nn.Module):
         tau: PSP rise time (``inf`` for the pure ramp).
         thresholds: one firing threshold ``θ_l`` per weighted layer, or one for all.
         forced_firing: an output neuron that never reached threshold counts as firing at ``T``.
+        binary: per weighted layer (or one flag for all): the forward pass uses
+            ``α_l · sign(w)`` while the learning rule updates the real weights ``w``.
+        binary_scale: ``"mean_abs"`` — ``α_l = mean |w_l|``, following the real weights
+            as they learn (as XNOR-Net and BS4NN-style scaled binary layers do); or
+            ``"fixed"`` — ``α_l`` is set at initialisation and never changes, which is the
+            same network as ``α = 1`` with the threshold divided by ``α_l``.
     """
 
     def __init__(
@@ -69,6 +89,8 @@ class Network(nn.Module):
         tau: float = math.inf,
         thresholds: float | list[float] = 1.0,
         forced_firing: bool = True,
+        binary: bool | list[bool] = False,
+        binary_scale: str = "mean_abs",
     ) -> None:
         super().__init__()
         self.spec = spec
@@ -84,14 +106,32 @@ class Network(nn.Module):
             nn.Parameter(torch.zeros(self.layers[i].weight_shape(self.shapes[i])), requires_grad=False)
             for i in self.weighted
         )
+        self.binary = per_layer_flag(binary, len(self.weighted), "binary")
+        if binary_scale not in ("mean_abs", "fixed"):
+            raise ConfigError(f"binary_scale: {binary_scale!r} is not one of 'mean_abs', 'fixed'")
+        self.binary_scale = binary_scale
+        #: ``α_l`` of the ``"fixed"`` scale (float64 scalars; unused for real layers)
+        self.register_buffer("fixed_scales", torch.ones(len(self.weighted), dtype=torch.float64))
 
     @property
     def num_classes(self) -> int:
         return self.layers[-1].units
 
     def weight_of(self, layer_index: int) -> torch.Tensor:
-        """Weight used in the forward pass of weighted layer ``layer_index``."""
-        return self.weights[self.weighted.index(layer_index)]
+        """Weight used in the forward pass of weighted layer ``layer_index`` (``α · sign(w)`` if binary)."""
+        k = self.weighted.index(layer_index)
+        w = self.weights[k]
+        return binarise(w, self.scale(k)) if self.binary[k] else w
+
+    def scale(self, k: int) -> torch.Tensor:
+        """``α`` of weighted layer ``k`` (float64 scalar): ``mean |w|``, or the fixed value.
+
+        The mean is taken in float64, so a layer whose weights all have the same
+        magnitude (a binary model loaded from its packed signs) gets exactly that value.
+        """
+        if self.binary_scale == "fixed":
+            return self.fixed_scales[k]
+        return self.weights[k].detach().double().abs().mean()
 
     def threshold_of(self, layer_index: int) -> float:
         return self.thresholds[self.weighted.index(layer_index)]
@@ -170,12 +210,18 @@ class Network(nn.Module):
             if i in self.weighted:
                 k = self.weighted.index(i)
                 w = torch.randn(self.weights[k].shape, generator=generator, dtype=self.weights[k].dtype)
+                forward_w = binarise(w, torch.tensor(1.0, dtype=torch.float64)) if self.binary[k] else w
                 x, padding = self.layer_operands(i, t)
-                _, u_max = engine.scan_potential(x, w, self.thresholds[k], self.T, self.tau, padding, track_max=True)
+                _, u_max = engine.scan_potential(x, forward_w, self.thresholds[k], self.T, self.tau, padding, track_max=True)
                 driven = u_max[u_max > 0].double()[: 1 << 24]
                 q = torch.quantile(driven, 1.0 - fractions[k]).item() if driven.numel() else 0.0
                 scale = self.thresholds[k] / q if q > 0 else 1.0 / math.sqrt(w[0].numel())
-                self.weights[k].copy_(w * scale)
+                if self.binary[k]:
+                    # real weights with mean |w| = scale, so α·sign(w) is the calibrated binary layer
+                    self.weights[k].copy_(w * (scale / w.abs().mean()))
+                    self.fixed_scales[k] = self.weights[k].double().abs().mean()
+                else:
+                    self.weights[k].copy_(w * scale)
             t, _ = self.layer_forward(i, t)
             if i in self.weighted:
                 reached.append(torch.isfinite(t).float().mean().item())

@@ -18,7 +18,12 @@ step from layer ``l``'s error and weights (the spike time displacement):
   ``[t_i < t_j]`` (``displacement_gate = "mask"``) or ``ε'`` (``"slope"``); the layer
   below has error ``Δt_i / T``; pooling hands each displacement to its window's winner.
 
-Neurons that never fired enter the rule at ``t = T``. Update directions are averaged
+Neurons that never fired enter the rule at ``t = T``. With the fired-before gate, a
+hidden neuron that stayed silent gets no displacement and could never learn to fire
+again; ``silent_gate = "open"`` gives it the ungated displacement
+``Δt_i = Σ_j δ_j w_ij`` (``W^T δ``, a transposed convolution for conv layers), so a
+silent neuron whose targets want more input is pushed to fire ("revival"), while
+``"closed"`` keeps the plain gate. Update directions are averaged
 over the batch; a convolution's shared weights sum (``conv_update = "sum"``) or average
 (``"mean"``) the contributions of all positions.
 """
@@ -44,6 +49,7 @@ class RuleOptions:
     displacement_gate: str = "mask"
     error_norm: str = "l2"
     conv_update: str = "sum"
+    silent_gate: str = "closed"
 
 
 def output_error(t_out: torch.Tensor, labels: torch.Tensor, T: int, gamma: float, forced_firing: bool) -> torch.Tensor:
@@ -101,9 +107,31 @@ def update_directions(net: Network, trace: Trace, labels: torch.Tensor, opts: Ru
         t_rule = t_out.clamp(max=T)
         delta = error.reshape(t_rule.shape) * latency_gain(t_rule, theta, opts.latency_derivative)
         G, shift = kernels.rule(x, t_rule, delta, w, opts.displacement_gate, T, net.tau, padding, need_displacement=i > 0)
+        if shift is not None and opts.silent_gate == "open":
+            shift = _revive_silent(shift, x, delta, w, padding, opts.displacement_gate, T, net.tau)
         if isinstance(layer, Conv) and opts.conv_update == "mean":
             G = G / (t_out.shape[-1] * t_out.shape[-2])
         directions[k] = G / B
         if shift is not None:
             shift = shift.reshape(t_in.shape)
     return directions
+
+
+def _revive_silent(shift: torch.Tensor, x: torch.Tensor, delta: torch.Tensor, w: torch.Tensor, padding: int,
+                   gate: str, T: int, tau: float) -> torch.Tensor:
+    """Displacement of silent inputs with the gate held open: ``Δt_i = Σ_j δ_j w_ij g₀``.
+
+    ``g₀`` is the gate's value on a rising PSP (1 for the mask; ``1/τ``, or ``1/T`` for
+    the ramp, for the slope gate). Inputs that fired keep their gated displacement.
+    """
+    import math
+
+    import torch.nn.functional as F
+
+    g0 = 1.0 if gate == "mask" else 1.0 / (T if math.isinf(tau) else tau)
+    if w.dim() == 2:
+        open_shift = delta.reshape(delta.shape[0], -1) @ w
+    else:
+        open_shift = F.conv_transpose2d(delta, w, padding=padding)
+    silent = ~torch.isfinite(x) | (x >= T)
+    return torch.where(silent, g0 * open_shift.reshape(x.shape), shift.reshape(x.shape))

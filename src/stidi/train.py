@@ -99,6 +99,26 @@ def evaluate(net: Network, data: Dataset) -> dict:
     }
 
 
+def split_validation(data: Dataset, count: int) -> tuple[Dataset, Dataset | None]:
+    """Carve the last ``count`` images of a training set off as a validation set.
+
+    The best epoch is chosen on it, never on the test set. ``count = 0``: no validation.
+    """
+    if count <= 0:
+        return data, None
+    if count >= len(data):
+        raise StidiError(f"train.validation = {count} leaves no training images out of {len(data)}; "
+                         "hold out fewer images (or train on more)")
+    return Dataset(data.images[:-count], data.labels[:-count]), Dataset(data.images[-count:], data.labels[-count:])
+
+
+def best_record(history: list[dict]) -> dict:
+    """The epoch a user should keep: highest validation accuracy (first on ties), else the last epoch."""
+    if history and "val_accuracy" in history[0]:
+        return max(history, key=lambda r: (r["val_accuracy"], -r["epoch"]))
+    return history[-1]
+
+
 def learning_rate(base: float, epoch: int, epochs: int, schedule: str) -> float:
     """Learning rate of ``epoch`` (0-based): constant, or cosine decay to 0 over the run."""
     if schedule == "cosine":
@@ -191,7 +211,8 @@ class Trainer:
         self.config, self.t = config, config.train
         self.out = Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
-        self.train_set, self.test_set = data
+        self.train_set, self.val_set = split_validation(data[0], config.train.validation)
+        self.test_set = data[1]
         self.net = build_network(config)
         self.rule = RuleOptions(**vars(config.rule))
         self.ckpt = Checkpoints(self.out)
@@ -223,6 +244,8 @@ class Trainer:
         _restore_optimizer(self.opt, tensors, info["optimizer_groups"])
         where = f"step {self.partial['step']} of epoch {self.partial['epoch'] + 1}" if self.partial else f"epoch {len(self.history)}"
         self.log(f"resuming from {self.ckpt.current} after {where}")
+        if self.history and not self.partial:
+            self._write_epoch_outputs()  # in case the run stopped between the epoch's checkpoint and its outputs
 
     def save_checkpoint(self) -> None:
         opt_tensors, groups = _optimizer_tensors(self.opt)
@@ -231,7 +254,11 @@ class Trainer:
         self.ckpt.save({**network_tensors(self.net), **opt_tensors}, info)
 
     def _write_epoch_outputs(self) -> None:
+        """The latest model, and ``best.safetensors`` when this epoch is the best by validation."""
         save_model(self.out / "model.safetensors", self.net, self.config, {"history": self.history})
+        if self.val_set is not None and best_record(self.history) is self.history[-1]:
+            save_model(self.out / "best.safetensors", self.net, self.config,
+                       {"history": self.history, "best_epoch": self.history[-1]["epoch"]})
         atomic_write(self.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.history).encode())
         atomic_write(self.out / "timing.jsonl", "".join(json.dumps(r) + "\n" for r in self.timing).encode())
 
@@ -242,11 +269,14 @@ class Trainer:
                 for group in self.opt.param_groups:
                     group["lr"] = learning_rate(group["base_lr"], epoch, self.t.epochs, self.t.lr_schedule)
                 record, timing = self._train_epoch(epoch)
+                if self.val_set is not None:
+                    record.update({f"val_{k}": v for k, v in evaluate(self.net, self.val_set).items()})
                 record.update({f"test_{k}": v for k, v in evaluate(self.net, self.test_set).items()})
                 self.history.append(record)
                 self.timing.append(timing)
                 self.partial = None
-                self.log(f"epoch {epoch + 1}/{self.t.epochs}: train accuracy {record['train_accuracy']:.4f}, "
+                val = f"validation accuracy {record['val_accuracy']:.4f}, " if "val_accuracy" in record else ""
+                self.log(f"epoch {epoch + 1}/{self.t.epochs}: train accuracy {record['train_accuracy']:.4f}, {val}"
                          f"test accuracy {record['test_accuracy']:.4f}, {timing['images_per_s']:.1f} images/s, "
                          f"firing {record['test_firing_fraction']}")
                 self.save_checkpoint()
