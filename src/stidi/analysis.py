@@ -16,6 +16,8 @@ Counting rules (also in ``docs/tutorial.md``):
   kernel placements that cover ``(y, x)`` (fewer at the borders, exact count);
 * a *MAC* of the CNN is ``C_out · H_out · W_out · C_in · K²`` for a convolution and
   ``inputs · outputs`` for a dense layer, whatever the input;
+* *spikes before the decision*: input and hidden spikes at ``t < t_d``, output
+  spikes at ``t ≤ t_d`` (the decisive one included), as a share of all spikes;
 * *early exit* stops every layer at the decision time ``t_d`` of each image: the
   input is cut to its spikes before ``t_d`` and the network run again. Nothing
   before ``t_d`` depends on a later spike, so the class cannot change; the
@@ -111,7 +113,9 @@ def inspect_network(net: Network, t_in: torch.Tensor, labels: torch.Tensor | Non
             fired = flat < T
             spikes[l] += float(fired.sum())
             time_sum[l] += float(flat[fired].double().sum())
-            before_dec[l] += float((flat < t_dec.view(-1, 1)).sum())
+            # the decision needs the input/hidden spikes before t_d and the output spike at t_d
+            needed = flat <= t_dec.view(-1, 1) if l == L else flat < t_dec.view(-1, 1)
+            before_dec[l] += float((needed & fired).sum())
             hist[l] += torch.bincount(flat[fired].long(), minlength=T)[:T].double()
         for i in net.weighted:
             ops[i] += float(synaptic_ops(net, i, trace.times[i]).sum())
@@ -202,5 +206,5 @@ def format_report(report: dict) -> str:
                  f"({t['ops_to_decision_vs_macs']:.1%} of the CNN's MACs)")
     spread = ", ".join(f"{e['layer']} {e['spikes_before_decision']:.0%}" for e in report["layers"]
                        if e["spikes_before_decision"] is not None)
-    lines.append(f"spikes that come before the decision: {spread}")
+    lines.append(f"share of each layer's spikes that come in time for the decision: {spread}")
     return "\n".join(lines)

@@ -81,7 +81,7 @@ def plot_learning_curves(records: list[dict], path: Path, layer_names: Sequence[
         for j in range(fractions.shape[1]):
             name = layer_names[j] if j < len(layer_names) else f"layer {j + 1}"
             ax.plot(epochs, fractions[:, j], "o-", label=name)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
     ax.set(xlabel="epoch", ylabel="fraction of neurons", title="fraction of neurons firing (test)")
     ax.grid(alpha=0.3)
     ax = axes[2]
@@ -148,14 +148,14 @@ def plot_raster(times: list[torch.Tensor], names: Sequence[str], T: int, decisio
     """Spike raster of one image: one panel per layer, neuron index against spike time."""
     plt = _plt()
     sizes = [t.numel() for t in times]
-    ratios = [max(0.6, math.log10(max(s, 1))) for s in sizes]
+    ratios = [max(1.2, math.log10(max(s, 1))) for s in sizes]
     fig, axes = plt.subplots(len(times), 1, figsize=(8, 1.1 * sum(ratios) + 0.8), sharex=True,
                              gridspec_kw={"height_ratios": ratios})
     for l, (ax, t, name) in enumerate(zip(axes, times, names)):
         flat = t.flatten().double().numpy()
         idx = np.nonzero(flat < T)[0]
         last = l == len(times) - 1
-        marker = dict(marker="|", s=90 if last else max(1.0, 300 / math.sqrt(max(len(flat), 1))), linewidths=1.5 if last else 0.6)
+        marker = dict(marker="|", s=160 if last else max(1.0, 300 / math.sqrt(max(len(flat), 1))), linewidths=2.5 if last else 0.6)
         ax.scatter(flat[idx], idx, color=f"C{l}", **marker)
         ax.axvline(decision, color="k", ls="--", lw=1)
         ax.set_ylim(-0.5, len(flat) - 0.5)
@@ -227,8 +227,7 @@ def plot_spike_maps(times: list[torch.Tensor], names: Sequence[str], T: int, tit
             if channels > 1:
                 ax.set_title(f"ch {col}", fontsize=7)
         if channels > len(layer_maps):
-            axes[row, len(layer_maps) - 1].text(1.05, 0.5, f"… {channels} channels", transform=axes[row, len(layer_maps) - 1].transAxes,
-                                                fontsize=7, va="center")
+            axes[row, 0].set_ylabel(f"{name}\n(first {len(layer_maps)} of {channels} ch)", fontsize=9)
     if image is not None:
         fig.colorbar(image, ax=list(fig.axes), fraction=0.025, pad=0.02, label=f"spike time (steps; grey: none before T = {T})")
     fig.suptitle(title)
