@@ -91,3 +91,24 @@ def test_build_any_shape_and_clear_errors():
         st.as_dataset(np.full((4, 1, 4, 4), 3.0), [0, 1, 0, 1])
     with pytest.raises(ConfigError, match="labels go up to 7"):
         st.fit("4", np.zeros((8, 1, 4, 4)), np.arange(8), epochs=1)
+
+
+def test_binary_network_saves_and_exports_its_forward_weights(tmp_path):
+    import nir
+
+    from stidi.export_nir import export_nir
+
+    x, _ = patterns(64, 2)
+    net = st.build("4C5-P2-3", (3, 16, 16), T=32, binary=True)
+    net.initialise(st.encode(net, x), 0.3, torch.Generator().manual_seed(0))
+    st.save(tmp_path / "bin", net)
+    again = st.load(tmp_path / "bin.safetensors")
+    assert all(again.binary)
+    assert torch.equal(st.predict(again, x).output_times, st.predict(net, x).output_times)
+    export_nir(net, tmp_path / "bin.nir")
+    graph = nir.read(str(tmp_path / "bin.nir"))
+    conv = graph.nodes["1_4C5_conv"].weight
+    assert np.array_equal(conv, net.weight_of(0).double().numpy())
+    assert len(np.unique(np.abs(conv))) == 1  # α · sign(w): one magnitude
+    assert int(graph.nodes["1_4C5_conv"].metadata["binary"]) == 1
+    assert float(graph.nodes["1_4C5_conv"].metadata["alpha"]) == pytest.approx(float(np.abs(conv).max()))

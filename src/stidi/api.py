@@ -129,10 +129,10 @@ def _checked(images: np.ndarray, what: str) -> np.ndarray:
 
 
 def _checked_labels(labels: Any) -> np.ndarray:
+    """Labels as int64, refusing anything but a 1-D array of whole numbers ≥ 0."""
     y = np.asarray(labels.detach().cpu() if isinstance(labels, torch.Tensor) else labels)
-    if y.ndim != 1 or not (np.issubdtype(y.dtype, np.integer) or y.size == 0):
-        if y.ndim == 1 and np.issubdtype(y.dtype, np.floating) and np.all(y == np.round(y)):
-            return y.astype(np.int64)
+    whole = np.issubdtype(y.dtype, np.integer) or (np.issubdtype(y.dtype, np.floating) and bool(np.all(y == np.round(y))))
+    if y.ndim != 1 or not (whole or y.size == 0):
         raise DataError(f"labels must be a 1-D array of integers, got shape {y.shape} and dtype {y.dtype}")
     if y.size and y.min() < 0:
         raise DataError(f"labels must be ≥ 0, got {y.min()}")
@@ -235,5 +235,5 @@ def save(path: str | Path, net: Network, config: Config | None = None) -> None:
     """Save ``net`` as ``PATH.safetensors`` + ``PATH.json`` (readable by every ``stidi`` command)."""
     if config is None:
         config = make_config(net.spec, net.input_shape, T=net.T, tau=net.tau, forced_firing=net.forced_firing,
-                             threshold=list(net.thresholds))
+                             threshold=list(net.thresholds), binary=list(net.binary), binary_scale=net.binary_scale)
     save_model(Path(path).with_suffix(".safetensors"), net, config)

@@ -4,7 +4,8 @@ NIR describes continuous-time neurons and their wiring; it has no single-spike n
 and no earliest-spike pooling. The graph written here is the closest NIR can say,
 layer by layer (``k`` is the layer's position in the spec, from 1):
 
-* weighted layer: ``Conv2d`` (or ``Flatten`` + ``Linear`` for a dense layer), then
+* weighted layer: ``Conv2d`` (or ``Flatten`` + ``Linear`` for a dense layer) with the
+  forward weights (``α · sign(w)`` for a binary layer, metadata ``binary``/``alpha``), then
   ``I`` (``r = 1``: integrates the weighted input spikes into a step current, so
   each spike starts a constant current ``w``), then ``IF`` (``r = 1/T``,
   ``v_threshold = θ_l``): ``v(t) = Σ_i w_i (t − t_i)/T``, exactly the ramp PSP
@@ -87,16 +88,18 @@ def to_nir(net: Network):
             add(f"{name}_if", nir.IF(r=np.ones(shape), v_threshold=np.full(shape, POOL_THRESHOLD),
                                      v_reset=np.zeros(shape), metadata=neuron_meta(POOL_THRESHOLD, role="pool")))
             continue
-        w = net.weight_of(k).detach().cpu().double().numpy()
+        w = net.weight_of(k).detach().cpu().double().numpy()  # forward weights: α·sign(w) for a binary layer
         theta = net.threshold_of(k)
+        binary = bool(getattr(net, "binary", [False] * len(net.weighted))[net.weighted.index(k)])
+        weight_meta = {"binary": int(binary), **({"alpha": float(np.abs(w).max())} if binary else {})}
         if isinstance(layer, Conv):
             add(f"{name}_conv", nir.Conv2d(input_shape=tuple(in_shape[1:]), weight=w, stride=1, padding=layer.padding,
-                                           dilation=1, groups=1, bias=np.zeros(w.shape[0])))
+                                           dilation=1, groups=1, bias=np.zeros(w.shape[0]), metadata=weight_meta))
         else:
             assert isinstance(layer, Dense)
             if len(in_shape) > 1:
                 add(f"{name}_flatten", nir.Flatten(input_type={"input": np.array(in_shape)}, start_dim=0, end_dim=-1))
-            add(f"{name}_linear", nir.Linear(weight=w))
+            add(f"{name}_linear", nir.Linear(weight=w, metadata=weight_meta))
         shape = np.array(out_shape)
         add(f"{name}_syn", nir.I(r=np.ones(shape), metadata={"role": "synaptic current: each spike starts a constant current w"}))
         add(f"{name}_if", nir.IF(r=np.full(shape, 1.0 / T), v_threshold=np.full(shape, theta), v_reset=np.zeros(shape),
