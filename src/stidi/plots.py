@@ -3,7 +3,7 @@
 matplotlib is imported only when a plot is made (``pip install 'stidi[plots]'``), with
 the non-interactive Agg backend, so plotting works on machines without a display.
 
-* ``learning_curves.png`` — train/test accuracy, firing fraction per layer and mean
+* ``learning_curves.png`` — train/validation/test accuracy, firing fraction per layer and mean
   decision time per epoch, from the run's ``metrics.jsonl``;
 * ``confusion.png`` — true class against predicted class (``none``: undecided);
 * ``firing_times.png`` — per layer, how many spikes come at each time step, with the
@@ -71,6 +71,8 @@ def plot_learning_curves(records: list[dict], path: Path, layer_names: Sequence[
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     ax = axes[0]
     ax.plot(epochs, [r["train_accuracy"] for r in records], "o-", label="train (during the epoch)")
+    if any("val_accuracy" in r for r in records):
+        ax.plot(epochs, [r.get("val_accuracy", math.nan) for r in records], "^-", label="validation (after the epoch)")
     ax.plot(epochs, [r["test_accuracy"] for r in records], "s-", label="test (after the epoch)")
     ax.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
     ax.grid(alpha=0.3)
