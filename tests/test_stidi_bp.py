@@ -123,3 +123,27 @@ def test_rule_options_change_the_update():
     for opts in (RuleOptions(latency_derivative="unit"), RuleOptions(displacement_gate="slope"), RuleOptions(gamma=0.0)):
         other = update_directions(net, trace, labels, opts)
         assert any(not torch.allclose(a, b) for a, b in zip(base, other)), opts
+
+
+def test_revival_asks_only_silent_hidden_neurons_to_fire_and_only_earlier():
+    net, t_in, _ = _toy_dense_net(seed=2, output_firing=1.0)
+    with torch.no_grad():
+        net.weights[0][:4] = -1.0  # hidden neurons 0..3 can never fire
+        net.weights[1].abs_()
+        net.weights[1][:, :4] = 0.0
+        net.weights[1][3, :4] = 1.0  # ... and would excite class 3 only
+    trace = net.trace(t_in)
+    assert not torch.isfinite(trace.times[1][:, :4]).any()
+    labels = torch.full((t_in.shape[0],), 3)
+    late = trace.times[-1][:, 3] > trace.times[-1].min(dim=1).values  # class 3 should have fired earlier
+    assert late.any()
+    plain = update_directions(net, trace, labels, RuleOptions(gamma=8.0))
+    revived = update_directions(net, trace, labels, RuleOptions(gamma=8.0, revival=0.5))
+    assert torch.equal(plain[0][:4], torch.zeros_like(plain[0][:4]))  # dead neurons learn nothing under the plain rule
+    # revival: their update raises their weights (Δw = −η G, so G < 0 where the input fired), never lowers them
+    assert (revived[0][:4] <= 0).all() and (revived[0][:4] < 0).any()
+    assert torch.equal(plain[1], revived[1])  # the output layer's own update is untouched
+    # a silent neuron whose displacement would say "fire later" is left alone
+    with torch.no_grad():
+        net.weights[1][3, :4] = -1.0
+    assert torch.equal(update_directions(net, trace, labels, RuleOptions(gamma=8.0, revival=0.5))[0][:4], plain[0][:4])

@@ -41,7 +41,7 @@ TRAIN_FLAGS = {
     "--threads": ("train", "threads", {"type": int, "help": "CPU threads for PyTorch (default: all cores)"}),
     "--validation": ("train", "validation", {"type": int, "help": "hold out the last N training images to pick the best epoch (OUT/best.safetensors); default: 0 = none"}),
     "--binary": ("model", "binary", {"action": "store_const", "const": True, "help": "binary weights: forward pass with alpha*sign(w), the rule updates the real weights; models are saved at 1 bit per synapse"}),
-    "--silent-gate": ("rule", "silent_gate", {"choices": ["closed", "open"], "help": "hidden neurons that stayed silent get no displacement ('closed', default) or the ungated one ('open', revives them)"}),
+    "--revival": ("rule", "revival", {"type": float, "help": "strength ρ ≥ 0 of the push that makes silent hidden neurons fire again (default: 0 = the plain rule)"}),
     "--checkpoint-every": ("train", "checkpoint_every", {"type": int, "help": "also checkpoint every N batches inside an epoch; 0 = only at epoch ends (default: 100)"}),
 }
 

@@ -79,7 +79,7 @@ class RuleConfig:
     displacement_gate: str = _field("mask", one_of("mask", "slope"), "g in the displacement: fired-before mask or PSP slope ε'")
     error_norm: str = _field("l2", one_of("l2", "none"), "per-layer, per-sample error normalisation")
     conv_update: str = _field("sum", one_of("sum", "mean"), "shared conv weights: sum or average over positions")
-    silent_gate: str = _field("closed", one_of("closed", "open"), "displacement of hidden neurons that stayed silent: none ('closed') or ungated W^T δ ('open', revives them)")
+    revival: float = _field(0.0, NON_NEGATIVE, "ρ: a silent hidden neuron gets displacement ρ·min(0, W^T δ), asking it to fire again (0: the plain rule)")
 
 
 @dataclass

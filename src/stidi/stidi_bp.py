@@ -19,11 +19,12 @@ step from layer ``l``'s error and weights (the spike time displacement):
   below has error ``Δt_i / T``; pooling hands each displacement to its window's winner.
 
 Neurons that never fired enter the rule at ``t = T``. With the fired-before gate, a
-hidden neuron that stayed silent gets no displacement and could never learn to fire
-again; ``silent_gate = "open"`` gives it the ungated displacement
-``Δt_i = Σ_j δ_j w_ij`` (``W^T δ``, a transposed convolution for conv layers), so a
-silent neuron whose targets want more input is pushed to fire ("revival"), while
-``"closed"`` keeps the plain gate. Update directions are averaged
+hidden neuron that stayed silent gets no displacement, so a neuron silenced during
+training can never learn to fire again. ``revival = ρ > 0`` gives a silent neuron the
+part of the ungated displacement that asks it to fire,
+``Δt_i = ρ · min(0, Σ_j δ_j w_ij g₀)`` (``W^T δ``; a transposed convolution for conv
+layers), so neurons the layer above needs come back; ``ρ = 0`` is the plain rule.
+Update directions are averaged
 over the batch; a convolution's shared weights sum (``conv_update = "sum"``) or average
 (``"mean"``) the contributions of all positions.
 """
@@ -49,7 +50,7 @@ class RuleOptions:
     displacement_gate: str = "mask"
     error_norm: str = "l2"
     conv_update: str = "sum"
-    silent_gate: str = "closed"
+    revival: float = 0.0
 
 
 def output_error(t_out: torch.Tensor, labels: torch.Tensor, T: int, gamma: float, forced_firing: bool) -> torch.Tensor:
@@ -107,8 +108,8 @@ def update_directions(net: Network, trace: Trace, labels: torch.Tensor, opts: Ru
         t_rule = t_out.clamp(max=T)
         delta = error.reshape(t_rule.shape) * latency_gain(t_rule, theta, opts.latency_derivative)
         G, shift = kernels.rule(x, t_rule, delta, w, opts.displacement_gate, T, net.tau, padding, need_displacement=i > 0)
-        if shift is not None and opts.silent_gate == "open":
-            shift = _revive_silent(shift, x, delta, w, padding, opts.displacement_gate, T, net.tau)
+        if shift is not None and opts.revival > 0:
+            shift = _revive_silent(shift, x, delta, w, padding, opts.displacement_gate, T, net.tau, opts.revival)
         if isinstance(layer, Conv) and opts.conv_update == "mean":
             G = G / (t_out.shape[-1] * t_out.shape[-2])
         directions[k] = G / B
@@ -118,8 +119,8 @@ def update_directions(net: Network, trace: Trace, labels: torch.Tensor, opts: Ru
 
 
 def _revive_silent(shift: torch.Tensor, x: torch.Tensor, delta: torch.Tensor, w: torch.Tensor, padding: int,
-                   gate: str, T: int, tau: float) -> torch.Tensor:
-    """Displacement of silent inputs with the gate held open: ``Δt_i = Σ_j δ_j w_ij g₀``.
+                   gate: str, T: int, tau: float, strength: float) -> torch.Tensor:
+    """Displacement of silent inputs: ``Δt_i = ρ · min(0, Σ_j δ_j w_ij g₀)``, only ever "fire earlier".
 
     ``g₀`` is the gate's value on a rising PSP (1 for the mask; ``1/τ``, or ``1/T`` for
     the ramp, for the slope gate). Inputs that fired keep their gated displacement.
@@ -134,4 +135,5 @@ def _revive_silent(shift: torch.Tensor, x: torch.Tensor, delta: torch.Tensor, w:
     else:
         open_shift = F.conv_transpose2d(delta, w, padding=padding)
     silent = ~torch.isfinite(x) | (x >= T)
-    return torch.where(silent, g0 * open_shift.reshape(x.shape), shift.reshape(x.shape))
+    revive = (strength * g0 * open_shift.reshape(x.shape)).clamp(max=0.0)
+    return torch.where(silent, revive, shift.reshape(x.shape))
