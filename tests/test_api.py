@@ -80,9 +80,16 @@ def test_save_and_load_round_trip(trained, tmp_path):
     assert torch.equal(st.predict(again, xt).classes, st.predict(net, xt).classes)
 
 
-def test_build_any_shape_and_clear_errors():
+def test_build_any_shape_and_clear_errors(tmp_path):
     net = st.build("6C3-P2-5", (2, 10, 12), T=40)
     assert net.shapes[-1] == (5,) and net.shapes[1] == (6, 8, 10) and net.T == 40
+    from stidi.config import load_config
+
+    toml = tmp_path / "net.toml"
+    toml.write_text('[model]\nnetwork = "3C3-4"\ninput_shape = [2, 6, 6]\nT = 20\n')
+    from_file = st.build(load_config(toml))
+    assert from_file.shapes == [(2, 6, 6), (3, 4, 4), (4,)] and from_file.T == 20
+    assert st.build(load_config(toml), T=30).T == 30
     with pytest.raises(ConfigError, match="unknown option 'epoch'"):
         st.make_config("10", (1, 4, 4), epoch=3)
     with pytest.raises(DataError, match="do not match the network's input shape"):

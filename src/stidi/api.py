@@ -69,8 +69,17 @@ def make_config(network: str, input_shape: Sequence[int], config: Config | None 
     return merge(base, values, "stidi.api")
 
 
-def build(network: str, input_shape: Sequence[int], **options: Any) -> Network:
-    """An untrained network (all weights zero) for ``network`` on inputs of ``input_shape``."""
+def build(network: str | Config, input_shape: Sequence[int] | None = None, **options: Any) -> Network:
+    """An untrained network (all weights zero): from a spec and an input shape, or from a :class:`Config`.
+
+    ``build("16C5-P2-10", (3, 32, 32), T=128)`` or ``build(load_config("run.toml"))``.
+    """
+    if isinstance(network, Config):
+        if input_shape is not None or options:
+            network = make_config(network.model.network, input_shape or network.model.input_shape, network, **options)
+        return build_network(network)
+    if input_shape is None:
+        raise ConfigError(f"build('{network}'): give the input shape, e.g. (1, 28, 28) or (3, 32, 32)")
     return build_network(make_config(network, input_shape, **options))
 
 
