@@ -65,6 +65,14 @@ def _engine_times(name, t_in, w, theta, T, tau, padding=0):
         event._prefer_lazy = chooser
 
 
+def _sparse_delta(shape, seed, zero_fraction):
+    """Errors as the rule meets them: many outputs (e.g. pooling losers) have ``δ = 0``."""
+    rng = np.random.default_rng(seed)
+    delta = rng.standard_normal(shape)
+    delta[rng.random(shape) < zero_fraction] = 0.0
+    return delta
+
+
 def _engine_rule(name, t_in, t_out, delta, w, gate, T, tau, padding=0):
     args = [torch.tensor(a, dtype=torch.float64) for a in (t_in, t_out, delta, w)]
     if name == "event":
@@ -93,11 +101,11 @@ def test_dense_spike_times_match_reference(engine, case):
 
 @pytest.mark.parametrize("engine", RULE_ENGINES)
 @pytest.mark.parametrize("gate", ["mask", "slope"])
-@given(case=conv_case(), seed=st.integers(0, 1000))
-def test_conv_rule_matches_reference(engine, gate, case, seed):
+@given(case=conv_case(), seed=st.integers(0, 1000), zeros=st.sampled_from([0.0, 0.5, 0.9]))
+def test_conv_rule_matches_reference(engine, gate, case, seed, zeros):
     t_in, w, theta, T, tau, padding = case
     t_out = np.minimum(reference.spike_times_conv(t_in, w, theta, T, tau, padding), T)
-    delta = np.random.default_rng(seed).standard_normal(t_out.shape)
+    delta = _sparse_delta(t_out.shape, seed, zeros)
     G, D = _engine_rule(engine, t_in, t_out, delta, w, gate, T, tau, padding)
     np.testing.assert_allclose(G, reference.update_conv(t_in, t_out, delta, w.shape[-1], tau, T, padding), atol=1e-9)
     np.testing.assert_allclose(D, reference.displacement_conv(t_in, t_out, delta, w, gate, tau, T, padding), atol=1e-9)
@@ -105,14 +113,29 @@ def test_conv_rule_matches_reference(engine, gate, case, seed):
 
 @pytest.mark.parametrize("engine", RULE_ENGINES)
 @pytest.mark.parametrize("gate", ["mask", "slope"])
-@given(case=dense_case(), seed=st.integers(0, 1000))
-def test_dense_rule_matches_reference(engine, gate, case, seed):
+@given(case=dense_case(), seed=st.integers(0, 1000), zeros=st.sampled_from([0.0, 0.5, 0.9]))
+def test_dense_rule_matches_reference(engine, gate, case, seed, zeros):
     t_in, w, theta, T, tau = case
     t_out = np.minimum(reference.spike_times_dense(t_in, w, theta, T, tau), T)
-    delta = np.random.default_rng(seed).standard_normal(t_out.shape)
+    delta = _sparse_delta(t_out.shape, seed, zeros)
     G, D = _engine_rule(engine, t_in, t_out, delta, w, gate, T, tau)
     np.testing.assert_allclose(G, reference.update_dense(t_in, t_out, delta, tau, T), atol=1e-9)
     np.testing.assert_allclose(D, reference.displacement_dense(t_in, t_out, delta, w, gate, tau, T), atol=1e-9)
+
+
+@pytest.mark.skipif(not event.AVAILABLE, reason="numba not installed")
+@given(case=conv_case(), seed=st.integers(0, 1000))
+def test_event_rule_in_float32_without_displacement(case, seed):
+    """The training path: float32 operands, and no displacement for the first layer; the
+    update direction is the float64 one rounded once."""
+    t_in, w, theta, T, tau, padding = case
+    t_out = np.minimum(reference.spike_times_conv(t_in, w, theta, T, tau, padding), T)
+    delta = _sparse_delta(t_out.shape, seed, 0.5).astype(np.float32)
+    args = [torch.tensor(a, dtype=torch.float32) for a in (t_in, t_out, delta, w)]
+    G, D = event.rule(*args, "mask", T, tau, padding, need_displacement=False)
+    assert D is None and G.dtype == torch.float32
+    expected = reference.update_conv(t_in, t_out, delta.astype(np.float64), w.shape[-1], tau, T, padding)
+    np.testing.assert_allclose(G.numpy(), expected, rtol=1e-6, atol=1e-6)
 
 
 @given(

@@ -46,8 +46,7 @@ def spike_times(t_in, weight, theta, T, tau, padding=0, engine: str | None = Non
 def rule(t_in, t_out, delta, weight, gate, T, tau, padding=0, need_displacement=True, engine: str | None = None):
     """``(update direction, displacement or None)`` of one weighted layer."""
     if _use_event(engine or default_engine(), t_in, tau):
-        G, D = event.rule(t_in, t_out, delta, weight, gate, T, tau, padding)
-        return G, (D if need_displacement else None)
+        return event.rule(t_in, t_out, delta, weight, gate, T, tau, padding, need_displacement)
     G = vectorised.update_direction(t_in, t_out, delta, weight, T, tau, padding)
     D = vectorised.displacement(t_in, t_out, delta, weight, gate, T, tau, padding) if need_displacement else None
     return G, D

@@ -1,19 +1,29 @@
 """Event-driven spike-time engine (numba, parallel over the batch).
 
-Each input neuron spikes at most once and the PSP is piecewise linear, so a neuron's
-potential changes slope only at input events: a spike at ``t_i`` adds ``w / τ`` to the
-slope of every neuron it reaches (``w / T`` for the ramp), and, for a finite ``τ``,
-removes it again at ``t_i + τ``. The engine sorts each sample's slope changes by time
-(counting sort) and keeps, per output neuron, its potential at the last event that
-reached it and its current slope. Only when an event reaches a neuron is the neuron
-brought forward, and the linear segment since its last event is solved for a threshold
-crossing; neurons that fired are skipped. Cost per sample: ``events × fan-out`` plus
-one final solve per silent neuron — independent of ``T`` — instead of the ``T`` full
-convolutions of a time-stepped simulation. The learning rule visits each (output
-neuron, receptive-field input) pair once.
+Each input neuron spikes at most once and the PSP is piecewise linear, so between input
+events a neuron's potential is a straight line. With ``scale = τ`` (``T`` for the ramp),
+
+    u(t) · scale = Σ_{events e before t} σ_e w_e (t − s_e) = t · S1 − S2,
+    S1 = Σ σ_e w_e,  S2 = Σ σ_e w_e s_e,
+
+where an input spiking at ``t_i`` contributes a start event (``s_e = t_i``, ``σ_e = +1``)
+and, for a finite τ, an end event (``s_e = t_i + τ``, ``σ_e = −1``). The engine sorts each
+sample's events by step (counting sort) and keeps ``(S1, S2)`` per neuron. A neuron can
+only cross threshold on the segment before its next event, and it does so iff it is
+above threshold at that event's step; the crossing step then follows from one division,
+corrected by exact comparisons. Work per sample: ``events × fan-out`` updates plus one
+check per (neuron, distinct event step it sees) — independent of ``T`` — instead of the
+``T`` full convolutions of a time-stepped simulation. All inner loops run over the
+output channels, branch-free (channels-last weights), so they vectorise.
+
+The learning rule pairs, at every output position, each input event with the outputs
+that have a nonzero ``δ`` and fired after it — the only pairs that contribute — using
+the same time-sorted events as the forward pass, and writes the displacement straight
+into input coordinates (no unfold/fold).
 
 The functions mirror :mod:`stidi.kernels.vectorised` and take/return torch tensors;
-``τ`` must be an integer number of steps or ``inf``.
+``τ`` must be an integer number of steps or ``inf``. Potentials and sums run in float64:
+with integer steps every term is exact, so spike times match the reference simulator.
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ import numpy as np
 import torch
 
 try:
+    import numba
     from numba import njit, prange
 
     AVAILABLE = True
@@ -33,56 +44,12 @@ except ImportError:  # pragma: no cover - exercised only without numba
 if AVAILABLE:
 
     @njit(cache=True, inline="always")
-    def _psp(s, tau, T):
-        if s <= 0.0:
-            return 0.0
-        if math.isinf(tau):
-            return s / T
-        return min(s, tau) / tau
-
-    @njit(cache=True, inline="always")
-    def _gate(s, use_slope, tau, T):
-        if s <= 0.0:
-            return 0.0
-        if not use_slope:
-            return 1.0
-        if math.isinf(tau):
-            return 1.0 / T
-        return 1.0 / tau if s < tau else 0.0
-
-    @njit(cache=True, inline="always")
     def _rate_and_lag(tau, T):
         """Slope per unit weight of a rising PSP (``1/τ``, ``1/T`` for the ramp) and the
         steps after which it stops rising (``τ``; 0 for the ramp, which never stops)."""
         if math.isinf(tau):
             return 1.0 / T, 0
         return 1.0 / tau, int(tau)
-
-    @njit(cache=True, inline="always")
-    def _advance(n, s, u, slope, since, fired_at, theta):
-        """Bring neuron ``n`` from step ``since[n]`` to step ``s`` on its current slope.
-
-        Between slope changes the potential is linear, ``u(t) = u_a + k (t − a)``, so a
-        crossing inside ``(a, s]`` exists iff ``u(s) ≥ θ`` (``u_a < θ`` holds for a neuron
-        that has not fired). Its step is ``a + ceil((θ − u_a) / k)``, corrected by exact
-        comparisons so that rounding in the division can never shift it. Returns True
-        when the neuron fired.
-        """
-        a = since[n]
-        k = slope[n]
-        u_a = u[n]
-        if s > a:
-            if k > 0.0 and u_a + k * (s - a) >= theta:
-                m = max(1, min(s - a, int(math.ceil((theta - u_a) / k))))
-                while m > 1 and u_a + k * (m - 1) >= theta:
-                    m -= 1
-                while u_a + k * m < theta:
-                    m += 1
-                fired_at[n] = a + m
-                return True
-            u[n] = u_a + k * (s - a)
-            since[n] = s
-        return False
 
     @njit(cache=True)
     def _events_by_time_with_ends(times, T, lag):
@@ -118,73 +85,318 @@ if AVAILABLE:
                     fill[j] += 1
         return counts, inputs, signs
 
+    @njit(cache=True, inline="always")
+    def _scale_and_lag(tau, T):
+        """``(scale, lag)``: ``u · scale = Σ_i w_i (t − t_i)`` on a rising PSP (``scale = τ``,
+        ``T`` for the ramp), and the steps after which a PSP stops rising (``τ``; 0 for the ramp)."""
+        if math.isinf(tau):
+            return float(T), 0
+        return float(tau), int(tau)
+
+    @njit(cache=True)
+    def _sorted_events(times, T, lag):
+        """One sample's slope changes sorted by step (counting sort): ``(steps, inputs, signs)``.
+
+        An input spiking at ``t_i < T`` starts a rising PSP at ``t_i`` (sign ``+1``) and, for a
+        finite τ, stops it at ``t_i + τ`` (sign ``−1``) when that is before ``T``. An event at
+        step ``s`` contributes ``sign · w (t − s)`` to ``u · scale`` from step ``s`` on (0 at ``s``).
+        """
+        counts = np.zeros(T + 1, dtype=np.int64)
+        for i in range(times.size):
+            t = times[i]
+            if t < T:
+                counts[int(t) + 1] += 1
+                if lag > 0 and t + lag < T:
+                    counts[int(t) + lag + 1] += 1
+        for k in range(T):
+            counts[k + 1] += counts[k]
+        n = counts[T]
+        steps = np.empty(n, dtype=np.int64)
+        inputs = np.empty(n, dtype=np.int64)
+        signs = np.empty(n, dtype=np.float64)
+        fill = counts[:T].copy()
+        for i in range(times.size):
+            t = times[i]
+            if t < T:
+                j = int(t)
+                steps[fill[j]], inputs[fill[j]], signs[fill[j]] = j, i, 1.0
+                fill[j] += 1
+                if lag > 0 and t + lag < T:
+                    j += lag
+                    steps[fill[j]], inputs[fill[j]], signs[fill[j]] = j, i, -1.0
+                    fill[j] += 1
+        return steps, inputs, signs
+
+    @njit(cache=True, inline="always")
+    def _crossing_step(a, s, k, c, thr):
+        """First integer ``m`` in ``(a, s]`` with ``m k − c ≥ thr``, given that it holds at ``s`` and not at ``a``.
+
+        ``m = ceil((thr + c) / k)``, then corrected by the exact comparisons themselves so that
+        rounding in the division can never shift it.
+        """
+        m = s
+        if k > 0.0:
+            m = max(a + 1, min(s, int(math.ceil((thr + c) / k))))
+        while m > a + 1 and (m - 1) * k - c >= thr:
+            m -= 1
+        while m < s and m * k - c < thr:
+            m += 1
+        return m
+
+    @njit(cache=True, inline="always")
+    def _check_crossings(s, a, S1, S2, p, thr, fired, remaining):
+        """Fire every neuron whose potential reaches threshold in ``(a, s]``; returns how many remain.
+
+        Between slope changes ``u · scale = t · S1 − S2`` is linear in ``t`` and was below
+        ``thr = θ · scale`` at ``a``, so a neuron crosses in ``(a, s]`` iff it is above at ``s``.
+        A neuron that fired gets ``S2 = +inf``: it can never cross again, and the loops stay
+        branch-free (vectorised over the channels). The state of position ``p`` is row ``p``
+        of ``S1``, ``S2`` and ``fired`` (indexed, not sliced: no array views in hot loops).
+        """
+        Co = S1.shape[1]
+        hits = 0
+        for co in range(Co):
+            hits += s * S1[p, co] - S2[p, co] >= thr
+        if hits == 0:
+            return remaining
+        for co in range(Co):
+            if s * S1[p, co] - S2[p, co] >= thr:
+                fired[p, co] = _crossing_step(a, s, S1[p, co], S2[p, co], thr)
+                S2[p, co] = np.inf
+                remaining -= 1
+        return remaining
+
     @njit(parallel=True, cache=True)
     def _dense_forward(t_in, w_t, theta, T, tau, out):
-        """``t_in (B, N)``, ``w_t (N, M)`` (transposed weight), ``out (B, M)`` filled with times."""
-        B, N = t_in.shape
+        """``t_in (B, N)``, ``w_t (N, M)`` (transposed weight), ``out (B, M)`` filled with times.
+
+        Every output sees every event: the sample's sorted events drive the ``M`` neurons at
+        once; crossings are checked once per distinct event step (and at ``T``), and the
+        scan stops when every neuron fired.
+        """
+        B = t_in.shape[0]
         M = w_t.shape[1]
-        rate, lag = _rate_and_lag(tau, T)
+        scale, lag = _scale_and_lag(tau, T)
+        thr = theta * scale
         for b in prange(B):
-            offsets, inputs, signs = _events_by_time_with_ends(t_in[b], T, lag)
-            u = np.zeros(M)
-            slope = np.zeros(M)
-            since = np.zeros(M, dtype=np.int64)
-            fired_at = np.full(M, -1, dtype=np.int64)
-            for s in range(T):
-                for e in range(offsets[s], offsets[s + 1]):
-                    i, sign = inputs[e], signs[e] * rate
-                    for m in range(M):
-                        if fired_at[m] < 0:
-                            if _advance(m, s, u, slope, since, fired_at, theta):
-                                continue
-                            slope[m] += sign * w_t[i, m]
+            steps, inputs, signs = _sorted_events(t_in[b], T, lag)
+            S1, S2 = np.zeros((1, M)), np.zeros((1, M))
+            fired = np.full((1, M), -1, dtype=np.int64)
+            remaining, prev = M, -1
+            for e in range(steps.size):
+                s = steps[e]
+                if s > prev:
+                    if prev >= 0:
+                        remaining = _check_crossings(s, prev, S1, S2, 0, thr, fired, remaining)
+                        if remaining == 0:
+                            break
+                    prev = s
+                _add_event(S1, S2, 0, w_t, inputs[e], signs[e], float(s))
+            if remaining > 0 and prev >= 0:
+                _check_crossings(T, prev, S1, S2, 0, thr, fired, remaining)
             for m in range(M):
-                if fired_at[m] < 0:
-                    _advance(m, T, u, slope, since, fired_at, theta)
-                out[b, m] = fired_at[m] if fired_at[m] >= 0 else np.inf
+                out[b, m] = fired[0, m] if fired[0, m] >= 0 else np.inf
+
+    @njit(cache=True)
+    def _event_coordinates(inputs, H, W, K):
+        """Row, column and first weight row (``c · K²``) of each event's input ``(c, y, x)``."""
+        n = inputs.size
+        ys = np.empty(n, dtype=np.int64)
+        xs = np.empty(n, dtype=np.int64)
+        base = np.empty(n, dtype=np.int64)
+        for e in range(n):
+            i = inputs[e]
+            ys[e] = (i // W) % H
+            xs[e] = i % W
+            base[e] = (i // (H * W)) * K * K
+        return ys, xs, base
+
+    @njit(cache=True, inline="always")
+    def _row_band(ys, n, oy, K, band):
+        """Indices of the events in input rows ``oy … oy + K − 1``, in time order (branch-free compaction)."""
+        nb = 0
+        for e in range(n):
+            band[nb] = e
+            nb += (ys[e] >= oy) & (ys[e] < oy + K)
+        return nb
+
+    @njit(cache=True, inline="always")
+    def _add_event(S1, S2, p, w2, r, sign, sf):
+        """Slope change of one event at step ``sf`` at position ``p`` through weight row ``r``:
+        ``S1 += σ w``, ``S2 += σ w s`` (vectorised over channels)."""
+        for co in range(S1.shape[1]):
+            d = sign * w2[r, co]
+            S1[p, co] += d
+            S2[p, co] += d * sf
 
     @njit(parallel=True, cache=True)
     def _conv_forward(t_in, w, theta, T, tau, out):
-        """``t_in (B, C, H, W)`` already padded, ``w (C, K, K, Co)`` (channels last), ``out (B, Co, Ho, Wo)``."""
+        """``t_in (B, C, H, W)`` already padded, ``w (C, K, K, Co)`` (channels last), ``out (B, Co, Ho, Wo)``.
+
+        One output row at a time: the events of the input rows it sees (its row band, in
+        time order) are dealt to the ``≤ K`` positions of the row they reach. Each position
+        keeps the ``(S1, S2)`` of its ``Co`` neurons and the step of the last event that
+        reached it, and checks crossings (over all its channels at once) whenever a later
+        event arrives. Positions whose neurons all fired are skipped; the row ends when
+        all have.
+        """
         B, C, H, W = t_in.shape
         _, K, _, Co = w.shape
         Ho, Wo = H - K + 1, W - K + 1
-        rate, lag = _rate_and_lag(tau, T)
-        n_out = Ho * Wo * Co
+        w2 = w.reshape(C * K * K, Co)
+        scale, lag = _scale_and_lag(tau, T)
+        thr = theta * scale
         for b in prange(B):
-            offsets, inputs, signs = _events_by_time_with_ends(t_in[b].ravel(), T, lag)
-            # neuron n = (oy * Wo + ox) * Co + co: channels innermost, as in w
-            u = np.zeros(n_out)
-            slope = np.zeros(n_out)
-            since = np.zeros(n_out, dtype=np.int64)
-            fired_at = np.full(n_out, -1, dtype=np.int64)
-            for s in range(T):
-                for e in range(offsets[s], offsets[s + 1]):
-                    i, sign = inputs[e], signs[e] * rate
-                    c, rest = i // (H * W), i % (H * W)
-                    y, x = rest // W, rest % W
-                    for ky in range(K):
-                        oy = y - ky
-                        if oy < 0 or oy >= Ho:
-                            continue
-                        for kx in range(K):
-                            ox = x - kx
-                            if ox < 0 or ox >= Wo:
-                                continue
-                            base = (oy * Wo + ox) * Co
-                            for co in range(Co):
-                                n = base + co
-                                if fired_at[n] < 0:
-                                    if _advance(n, s, u, slope, since, fired_at, theta):
-                                        continue
-                                    slope[n] += sign * w[c, ky, kx, co]
+            steps, inputs, signs = _sorted_events(t_in[b].reshape(-1), T, lag)
+            n = steps.size
+            ys, xs, base = _event_coordinates(inputs, H, W, K)
+            band = np.empty(n + 1, dtype=np.int64)
+            S1, S2 = np.empty((Wo, Co)), np.empty((Wo, Co))
+            fired = np.empty((Wo, Co), dtype=np.int64)
+            prev = np.empty(Wo, dtype=np.int64)
+            remaining = np.empty(Wo, dtype=np.int64)
             for oy in range(Ho):
+                S1[:] = 0.0
+                S2[:] = 0.0
+                fired[:] = -1
+                prev[:] = -1
+                remaining[:] = Co
+                left = Wo
+                nb = _row_band(ys, n, oy, K, band)
+                for q in range(nb):
+                    e = band[q]
+                    s, x, sign = steps[e], xs[e], signs[e]
+                    row0 = base[e] + (ys[e] - oy) * K + x
+                    for ox in range(max(0, x - K + 1), min(Wo, x + 1)):
+                        if remaining[ox] == 0:
+                            continue
+                        if s > prev[ox]:
+                            if prev[ox] >= 0:
+                                remaining[ox] = _check_crossings(s, prev[ox], S1, S2, ox, thr, fired, remaining[ox])
+                                if remaining[ox] == 0:
+                                    left -= 1
+                                    continue
+                            prev[ox] = s
+                        _add_event(S1, S2, ox, w2, row0 - ox, sign, float(s))
+                    if left == 0:
+                        break
                 for ox in range(Wo):
+                    if remaining[ox] > 0 and prev[ox] >= 0:
+                        _check_crossings(T, prev[ox], S1, S2, ox, thr, fired, remaining[ox])
                     for co in range(Co):
-                        n = (oy * Wo + ox) * Co + co
-                        if fired_at[n] < 0:
-                            _advance(n, T, u, slope, since, fired_at, theta)
-                        out[b, co, oy, ox] = fired_at[n] if fired_at[n] >= 0 else np.inf
+                        out[b, co, oy, ox] = fired[ox, co] if fired[ox, co] >= 0 else np.inf
+
+    #: Float flags of the learning-rule kernels: sums may be reassociated (so that they
+    #: vectorise); infinities and NaNs keep their meaning.
+    RULE_MATH = {"reassoc", "contract", "nsz"}
+
+    @njit(cache=True, inline="always")
+    def _active_outputs(t_j, d_j, at, ad, aj, p):
+        """Outputs with a nonzero ``δ``, latest first (insertion sort): fills row ``p`` of
+        ``(at, ad, aj)`` with their times, ``δ`` and indices and returns how many there are."""
+        na = 0
+        for j in range(t_j.size):
+            if d_j[j] != 0.0:
+                k = na
+                while k > 0 and at[p, k - 1] < t_j[j]:
+                    at[p, k], ad[p, k], aj[p, k] = at[p, k - 1], ad[p, k - 1], aj[p, k - 1]
+                    k -= 1
+                at[p, k], ad[p, k], aj[p, k] = t_j[j], d_j[j], j
+                na += 1
+        return na
+
+    @njit(cache=True, fastmath=RULE_MATH, inline="always")
+    def _input_pairs(t, r, at, ad, aj, p, na, w2, G, cap, use_slope, tau):
+        """One input that fired at ``t`` against the active outputs of one position (latest first).
+
+        The outputs that fire after ``t`` are a prefix of them: ``G[r, j] += δ_j min(t_j − t, cap)``
+        (``ε · scale``); returns ``Σ_j δ_j w_jr g`` with ``g = 1`` (mask) or ``[t_j − t < τ]``
+        (slope, before its factor ``1/scale``).
+        """
+        acc = 0.0
+        k = 0
+        while k < na and at[p, k] > t:
+            j = aj[p, k]
+            s = at[p, k] - t
+            G[r, j] += ad[p, k] * min(s, cap)
+            g = 1.0 if (s < tau or not use_slope) else 0.0
+            acc += ad[p, k] * w2[r, j] * g
+            k += 1
+        return acc
+
+    @njit(parallel=True, cache=True, fastmath=RULE_MATH)
+    def _conv_rule(x, t_out, delta, w, use_slope, tau, T, want_D, G_parts, D):
+        """Update direction and displacement of a convolution, one output row at a time.
+
+        ``x (B, C, H, W)`` padded input times, ``t_out``/``delta (B, Co, Ho, Wo)``, ``w (C, K, K, Co)``
+        (channels last, as ``G``: the pairs of one input event then touch one row of each).
+        As in the forward pass, the row band's events come in time order and are dealt to
+        the positions they reach; at each position they meet only the outputs with a
+        nonzero ``δ`` that fired after them. Accumulates ``G · scale`` into
+        ``G_parts (P, C, K, K, Co)`` (one slab per thread) and, when ``want_D``, the
+        displacement (without ``1/scale`` for the slope gate) into ``D (B, C, H, W)``.
+        """
+        B, C, H, W = x.shape
+        _, K, _, Co = w.shape
+        Ho, Wo = H - K + 1, W - K + 1
+        w2 = w.reshape(C * K * K, Co)
+        cap = tau  # ε · scale = min(s, τ); the ramp (τ = inf) is never capped inside the window
+        P = G_parts.shape[0]
+        for p in prange(P):
+            G = G_parts[p].reshape(C * K * K, Co)
+            at, ad = np.empty((Wo, Co)), np.empty((Wo, Co))
+            aj, na = np.empty((Wo, Co), dtype=np.int64), np.empty(Wo, dtype=np.int64)
+            t_j, d_j = np.empty(Co), np.empty(Co)
+            for b in range(p * B // P, (p + 1) * B // P):
+                steps, inputs, _ = _sorted_events(x[b].reshape(-1), T, 0)
+                n = steps.size
+                ys, xs, base = _event_coordinates(inputs, H, W, K)
+                band = np.empty(n + 1, dtype=np.int64)
+                Db = D[b].reshape(-1) if want_D else D[0].reshape(-1)
+                for oy in range(Ho):
+                    latest = -np.inf
+                    for ox in range(Wo):
+                        for co in range(Co):
+                            t_j[co] = t_out[b, co, oy, ox]
+                            d_j[co] = delta[b, co, oy, ox]
+                        na[ox] = _active_outputs(t_j, d_j, at, ad, aj, ox)
+                        if na[ox] > 0:
+                            latest = max(latest, at[ox, 0])
+                    nb = _row_band(ys, n, oy, K, band)
+                    for q in range(nb):
+                        e = band[q]
+                        t = float(steps[e])
+                        if t >= latest:
+                            break
+                        x_, row0 = xs[e], base[e] + (ys[e] - oy) * K + xs[e]
+                        acc = 0.0
+                        for ox in range(max(0, x_ - K + 1), min(Wo, x_ + 1)):
+                            acc += _input_pairs(t, row0 - ox, at, ad, aj, ox, na[ox], w2, G, cap, use_slope, tau)
+                        if want_D:
+                            Db[inputs[e]] += acc
+
+    @njit(parallel=True, cache=True, fastmath=RULE_MATH)
+    def _dense_rule(x, t_out, delta, w, use_slope, tau, T, want_D, G_parts, D):
+        """:func:`_conv_rule` for a dense layer: ``x (B, N)``, ``t_out``/``delta (B, M)``, ``w (N, M)``
+        (transposed), ``G_parts (P, N, M)``, ``D (B, N)``."""
+        B = x.shape[0]
+        M = w.shape[1]
+        P = G_parts.shape[0]
+        for p in prange(P):
+            G = G_parts[p]
+            at, ad, aj = np.empty((1, M)), np.empty((1, M)), np.empty((1, M), dtype=np.int64)
+            for b in range(p * B // P, (p + 1) * B // P):
+                na = _active_outputs(t_out[b], delta[b], at, ad, aj, 0)
+                if na == 0:
+                    continue
+                steps, inputs, _ = _sorted_events(x[b], T, 0)
+                for e in range(steps.size):
+                    t = float(steps[e])
+                    if t >= at[0, 0]:
+                        break
+                    acc = _input_pairs(t, inputs[e], at, ad, aj, 0, na, w, G, tau, use_slope, tau)
+                    if want_D:
+                        D[b, inputs[e]] += acc
 
     @njit(parallel=True, cache=True)
     def _dense_forward_stepped(t_in, w_t, theta, T, tau, out):
@@ -262,28 +474,6 @@ if AVAILABLE:
                 if remaining == 0:
                     break
 
-    @njit(parallel=True, cache=True)
-    def _pairs_rule(cols, t_out, delta, w2, use_slope, tau, T, G_per_sample, D):
-        """Update direction and displacement over receptive fields.
-
-        ``cols (B, R, L)`` input times per output position, ``t_out``/``delta (B, J, L)``,
-        ``w2 (J, R)``; accumulates ``G_per_sample (B, J, R)`` and ``D (B, R, L)``.
-        """
-        B, R, L = cols.shape
-        J = t_out.shape[1]
-        for b in prange(B):
-            for j in range(J):
-                for l in range(L):
-                    d = delta[b, j, l]
-                    if d == 0.0:
-                        continue
-                    tj = t_out[b, j, l]
-                    for r in range(R):
-                        s = tj - cols[b, r, l]
-                        if s > 0.0:
-                            G_per_sample[b, j, r] += d * _psp(s, tau, T)
-                            D[b, r, l] += d * w2[j, r] * _gate(s, use_slope, tau, T)
-
 
 def _check_tau(tau: float) -> None:
     if not (math.isinf(tau) or float(tau).is_integer()):
@@ -291,65 +481,95 @@ def _check_tau(tau: float) -> None:
 
 
 def _prefer_lazy(x: np.ndarray, fan_out: int, n_out: int, T: int, tau: float) -> bool:
-    """Choose the kernel by its cost model: the lazy kernel costs about one neuron update per
-    (event, target) pair, the stepped one about one per (step, neuron) plus a cheaper one per pair."""
-    events = np.count_nonzero(x < T) * (1 if math.isinf(tau) else 2)
-    return events * fan_out < T * n_out * x.shape[0]
+    """Choose the kernel by its cost model. Both do one update per (event, target) pair; on
+    top, the event-driven kernel checks each neuron once per distinct step among the events
+    it sees (at most ``T``), the stepped one once per step (exactly ``T``). The event-driven
+    kernel is therefore never the costlier one; the stepped kernel remains as an
+    independent implementation that the property tests hold to the same answers."""
+    return True
+
+
+def _as_numpy(a: torch.Tensor) -> np.ndarray:
+    """A C-contiguous NumPy view of a CPU tensor (a copy only when it is not contiguous)."""
+    return np.ascontiguousarray(a.detach().cpu().numpy())
+
+
+def _padded(t_in: torch.Tensor, padding: int) -> np.ndarray:
+    from .vectorised import pad_never_firing
+
+    return _as_numpy(pad_never_firing(t_in.detach(), padding))
+
+
+def _channels_last(weight: torch.Tensor) -> np.ndarray:
+    """float64 weight with the output channel innermost: ``(n_in, n_out)`` or ``(C, K, K, Co)``."""
+    w = weight.detach().cpu().double()
+    return np.ascontiguousarray((w.t() if w.dim() == 2 else w.permute(1, 2, 3, 0)).numpy())
 
 
 def spike_times(t_in: torch.Tensor, weight: torch.Tensor, theta: float, T: int, tau: float, padding: int = 0) -> torch.Tensor:
     """Same contract as :func:`stidi.kernels.vectorised.spike_times`.
 
-    Two exact kernels compute the same times: a lazy one whose cost is independent of
-    ``T`` (best when few input events reach each neuron) and a time-stepped one (best when
-    many do); :func:`_prefer_lazy` picks one per call.
+    Two exact kernels compute the same times: an event-driven one whose cost is
+    independent of ``T`` and a time-stepped one; :func:`_prefer_lazy` picks one per call.
+    Times keep the dtype of ``t_in`` (integers and ``inf`` are exact in float32).
     """
     _check_tau(tau)
-    from .vectorised import pad_never_firing
-
-    x = np.ascontiguousarray(t_in.detach().cpu().numpy(), dtype=np.float64)
-    w = weight.detach().cpu().numpy().astype(np.float64)
     theta, T, tau = float(theta), int(T), float(tau)
     if weight.dim() == 2:
-        out = np.empty((x.shape[0], w.shape[0]))
-        kernel = _dense_forward if _prefer_lazy(x, w.shape[0], w.shape[0], T, tau) else _dense_forward_stepped
-        kernel(x, np.ascontiguousarray(w.T), theta, T, tau, out)
+        x = _as_numpy(t_in)
+        out = np.empty((x.shape[0], weight.shape[0]), dtype=x.dtype)
+        kernel = _dense_forward if _prefer_lazy(x, weight.shape[0], weight.shape[0], T, tau) else _dense_forward_stepped
+        kernel(x, _channels_last(weight), theta, T, tau, out)
     else:
-        xp = np.ascontiguousarray(pad_never_firing(torch.from_numpy(x), padding).numpy())
-        K = w.shape[-1]
-        out = np.empty((x.shape[0], w.shape[0], xp.shape[2] - K + 1, xp.shape[3] - K + 1))
-        if _prefer_lazy(xp, w.shape[0] * K * K, out[0].size, T, tau):
-            _conv_forward(xp, np.ascontiguousarray(w.transpose(1, 2, 3, 0)), theta, T, tau, out)
+        xp = _padded(t_in, padding)
+        K = weight.shape[-1]
+        out = np.empty((xp.shape[0], weight.shape[0], xp.shape[2] - K + 1, xp.shape[3] - K + 1), dtype=xp.dtype)
+        if _prefer_lazy(xp, weight.shape[0] * K * K, out[0].size, T, tau):
+            _conv_forward(xp, _channels_last(weight), theta, T, tau, out)
         else:
-            _conv_forward_stepped(xp, np.ascontiguousarray(w), theta, T, tau, out)
-    return torch.from_numpy(out).to(t_in.dtype)
+            _conv_forward_stepped(xp, np.ascontiguousarray(weight.detach().cpu().double().numpy()), theta, T, tau, out)
+    return torch.from_numpy(out)
 
 
 def rule(
-    t_in: torch.Tensor, t_out: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor, gate: str, T: int, tau: float, padding: int = 0
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Update direction and displacement at once (see :mod:`stidi.kernels.vectorised`)."""
-    import torch.nn.functional as F
+    t_in: torch.Tensor,
+    t_out: torch.Tensor,
+    delta: torch.Tensor,
+    weight: torch.Tensor,
+    gate: str,
+    T: int,
+    tau: float,
+    padding: int = 0,
+    need_displacement: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Update direction and displacement at once (see :mod:`stidi.kernels.vectorised`).
 
-    from .vectorised import _receptive_fields
-
-    B, J = t_in.shape[0], weight.shape[0]
-    cols = _receptive_fields(t_in.double(), weight, padding).numpy()
-    cols = np.ascontiguousarray(cols)
-    L = cols.shape[2]
-    to = np.ascontiguousarray(t_out.reshape(B, J, L).double().numpy())
-    de = np.ascontiguousarray(delta.reshape(B, J, L).double().numpy())
-    w2 = np.ascontiguousarray(weight.reshape(J, -1).double().numpy())
-    G = np.zeros((B, J, cols.shape[1]))
-    D = np.zeros_like(cols)
-    _pairs_rule(cols, to, de, w2, gate == "slope", float(tau), int(T), G, D)
-    G_t = torch.from_numpy(G.sum(0)).to(weight.dtype).view_as(weight)
-    D_t = torch.from_numpy(D)
+    Visits, per output position, only the inputs that fired before the latest output
+    with a nonzero ``δ``; every sum runs in float64. The displacement is ``None`` when not
+    needed (the first layer).
+    """
+    _check_tau(tau)
+    T, tau = int(T), float(tau)
+    scale = float(T) if math.isinf(tau) else tau
+    w = _channels_last(weight)
+    B = t_in.shape[0]
+    parts = max(1, min(B, numba.get_num_threads()))
+    G_parts = np.zeros((parts, *w.shape))
     if weight.dim() == 2:
-        D_t = D_t.squeeze(-1)
+        x, kernel = _as_numpy(t_in), _dense_rule
+        t_j, d_j = _as_numpy(t_out.reshape(B, -1)), _as_numpy(delta.reshape(B, -1))
     else:
-        H, W = t_in.shape[-2] + 2 * padding, t_in.shape[-1] + 2 * padding
-        D_t = F.fold(D_t, (H, W), weight.shape[-1])
-        if padding:
-            D_t = D_t[..., padding:-padding, padding:-padding]
-    return G_t, D_t.to(t_in.dtype)
+        x, kernel = _padded(t_in, padding), _conv_rule
+        t_j, d_j = _as_numpy(t_out), _as_numpy(delta)
+    D = np.zeros(x.shape if need_displacement else (1,) * x.ndim)
+    kernel(x, t_j, d_j, w, gate == "slope", tau, T, need_displacement, G_parts, D)
+    G = torch.from_numpy(G_parts.sum(0) / scale)
+    G = (G.t() if weight.dim() == 2 else G.permute(3, 0, 1, 2)).to(weight.dtype).contiguous()
+    if not need_displacement:
+        return G, None
+    if gate == "slope":
+        D /= scale
+    D_t = torch.from_numpy(D)
+    if padding and weight.dim() == 4:
+        D_t = D_t[..., padding:-padding, padding:-padding]
+    return G, D_t.to(t_in.dtype).contiguous()
