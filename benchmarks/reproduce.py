@@ -8,8 +8,10 @@ Usage::
 
 Each name is a TOML file in ``benchmarks/configs/`` (every choice of the recipe is a
 configuration field there). The run trains with ``stidi train --config …`` into
-``runs/NAME`` with its log appended to ``results/NAME.log``; run the same command again
-after an interruption and it resumes from the last checkpoint. When it ends, the entry
+``results/runs/NAME`` with its log appended to ``results/NAME.log``; run the same command
+again after an interruption and it resumes from the last checkpoint. The run directory
+lives under ``results/`` so that its checkpoint (about 1 MB) can be committed and a long
+run continued on another machine or in a later session. When it ends, the entry
 ``NAME`` of ``results/accuracy.json`` is replaced (written atomically) with: the test
 accuracy on the full official test set at the epoch with the best validation accuracy
 (the validation split is carved from the training set; the test set never picks the
@@ -102,14 +104,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("name", nargs="?", choices=names, help="which run")
     parser.add_argument("--list", action="store_true", help="list the named runs")
-    parser.add_argument("--record-only", action="store_true", help="only (re)write the accuracy.json entry from runs/NAME")
+    parser.add_argument("--record-only", action="store_true", help="only (re)write the accuracy.json entry from results/runs/NAME")
     args = parser.parse_args()
     if args.list or not args.name:
         for n in names:
             print(f"{n}: {CONFIGS / (n + '.toml')}")
         return 0
     config_path = CONFIGS / f"{args.name}.toml"
-    out = ROOT / "runs" / args.name
+    out = RESULTS / "runs" / args.name
     log = RESULTS / f"{args.name}.log"
     command = f"python benchmarks/reproduce.py {args.name}"
     commit, dirty = git("rev-parse", "HEAD"), bool(git("status", "--porcelain", "src"))
