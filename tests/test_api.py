@@ -34,7 +34,11 @@ def trained(tmp_path_factory):
     xt, yt = patterns(100, 1)
     data = torch.utils.data.TensorDataset(torch.tensor(x), torch.tensor(y))  # any torch Dataset of pairs
     out = tmp_path_factory.mktemp("api") / "run"
-    net, history = st.fit("4C5-P2-3", data, test=(xt, yt), out_dir=out, epochs=1, T=32, threads=1, batch_size=16)
+    threads = torch.get_num_threads()
+    try:
+        net, history = st.fit("4C5-P2-3", data, test=(xt, yt), out_dir=out, epochs=1, T=32, threads=1, batch_size=16)
+    finally:
+        torch.set_num_threads(threads)
     return net, history, out, (xt, yt)
 
 

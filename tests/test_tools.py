@@ -23,7 +23,11 @@ TINY = ["--network", "8C5-P2-10", "--T", "64", "--train-limit", "300", "--test-l
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("tools") / "run"
-    assert main(["train", *TINY, "--out", str(out), "--plots"]) == 0
+    threads = torch.get_num_threads()
+    try:
+        assert main(["train", *TINY, "--out", str(out), "--plots"]) == 0
+    finally:
+        torch.set_num_threads(threads)  # --threads 1 must not slow the rest of the session
     return out
 
 
