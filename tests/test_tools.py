@@ -243,7 +243,7 @@ def _png_size(path) -> tuple[int, int]:
 
 
 def test_train_plots_and_plot_command_write_pngs(run_dir, tmp_path, capsys):
-    names = ["learning_curves.png", "confusion.png", "firing_times.png", "raster.png", "spike_maps.png"]
+    names = ["learning_curves.png", "confusion.png", "firing_times.png", "decision_times.png", "raster.png", "spike_maps.png"]
     for name in names:  # written by 'train --plots' in the fixture
         w, h = _png_size(run_dir / "plots" / name)
         assert w > 300 and h > 200
@@ -261,6 +261,13 @@ def test_plot_errors_are_one_line(run_dir, tmp_path, capsys, monkeypatch):
     capsys.readouterr()
     assert main(["plot", str(run_dir), "--data", str(tmp_path / "x.npy"), "--which", "confusion", "--out", str(tmp_path)]) == 2
     assert "needs labels" in capsys.readouterr().err
+    assert main(["plot", str(run_dir), "--data", str(tmp_path / "x.npy"), "--which", "decisions", "--out", str(tmp_path)]) == 2
+    assert "needs labels" in capsys.readouterr().err
+    # all plots on unlabelled data: the two that need labels are skipped with a note, the rest written
+    assert main(["plot", str(run_dir), "--data", str(tmp_path / "x.npy"), "--out", str(tmp_path / "all")]) == 0
+    assert "skipped confusion matrix" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "all").iterdir()) == [
+        "firing_times.png", "learning_curves.png", "raster.png", "spike_maps.png"]
     assert main(["plot", str(run_dir), "--data", str(tmp_path / "x.npy"), "--which", "raster", "--image", "9"]) == 2
     assert "the data has 5 images" in capsys.readouterr().err
     monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)

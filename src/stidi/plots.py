@@ -8,6 +8,8 @@ the non-interactive Agg backend, so plotting works on machines without a display
 * ``confusion.png`` — true class against predicted class (``none``: undecided);
 * ``firing_times.png`` — per layer, how many spikes come at each time step, with the
   mean decision time;
+* ``decision_times.png`` — when the first output spike comes, and the accuracy of
+  answering at step ``t`` (images decided correctly by ``t``): early-exit inference;
 * ``raster.png`` — every spike of one image: neuron against time, one band per layer;
 * ``spike_maps.png`` — per layer, each neuron's spike time for the same image as a map.
 """
@@ -25,9 +27,9 @@ import torch
 
 from .errors import StidiError
 
-PLOTS = ("curves", "confusion", "histograms", "raster", "maps")
+PLOTS = ("curves", "confusion", "histograms", "decisions", "raster", "maps")
 FILES = {"curves": "learning_curves.png", "confusion": "confusion.png", "histograms": "firing_times.png",
-         "raster": "raster.png", "maps": "spike_maps.png"}
+         "decisions": "decision_times.png", "raster": "raster.png", "maps": "spike_maps.png"}
 MAX_MAP_CHANNELS = 8
 DPI = 110
 
@@ -142,6 +144,31 @@ def plot_firing_times(report: dict, path: Path) -> Path:
         ax.grid(alpha=0.3)
     axes[-1].set(xlabel=f"spike time (steps, T = {T}); dashed: mean decision time {t_dec:.0f}", xlim=(0, T))
     fig.suptitle(f"firing times per layer ({report['images']} images)", y=1.0)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_decision_times(decision: np.ndarray, correct: np.ndarray, T: int, path: Path) -> Path:
+    """Histogram of decision times and the share of images decided (correctly) by each step."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    width = max(1, T // 64)
+    ax.hist(decision, bins=np.arange(0, T + width + 1, width), color="C0", alpha=0.35, density=True)
+    ax.set_ylabel("decision time density", color="C0")
+    ax.set_xlabel(f"time step (T = {T}; an image with no output spike is decided at T)")
+    ax2 = ax.twinx()
+    steps = np.arange(T + 1)
+    decided = np.searchsorted(np.sort(decision), steps, side="right") / len(decision)
+    right = np.searchsorted(np.sort(decision[correct]), steps, side="right") / len(decision)
+    ax2.plot(steps, decided, color="C1", label="images decided by t")
+    ax2.plot(steps, right, color="C2", label="decided correctly by t (accuracy if stopped at t)")
+    ax2.set_ylim(0, 1.02)
+    ax2.set_ylabel("fraction of images")
+    mean = float(decision.mean())
+    ax2.axvline(mean, color="k", ls="--", lw=1, label=f"mean decision time {mean:.0f}")
+    ax2.legend(loc="upper left", fontsize=8)
+    ax.set_xlim(0, T)
+    ax.set_title(f"decision times ({len(decision)} images, final accuracy {right[-1]:.1%})")
     fig.tight_layout()
     return _save(fig, path)
 
@@ -279,6 +306,16 @@ def make_plots(model: str | Path, out_dir: str | Path | None = None, which: Sequ
     if "histograms" in which:
         report = inspect_network(net, t_in, y)
         written.append(plot_firing_times(report, out / FILES["histograms"]))
+    if "decisions" in which:
+        if y is None:
+            if not every:
+                raise StidiError("the decision-time plot needs labels: add --labels FILE (or use a built-in --data)")
+            log("skipped decision times: no labels (add --labels FILE)")
+        else:
+            preds = [net.predict(t_in[lo : lo + 256]) for lo in range(0, len(t_in), 256)]
+            decision = torch.cat([p.decision_time for p in preds]).clamp(max=net.T).numpy()
+            correct = (torch.cat([p.classes for p in preds]) == y).numpy()
+            written.append(plot_decision_times(decision, correct, net.T, out / FILES["decisions"]))
     if "raster" in which or "maps" in which:
         if not 0 <= image < len(t_in):
             raise StidiError(f"--image {image}: the data has {len(t_in)} images (0 … {len(t_in) - 1})")
