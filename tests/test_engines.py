@@ -15,6 +15,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from stidi import kernels
 from stidi.kernels import event, reference, vectorised
 
 TAUS = [1.0, 2.0, 4.0, 8.0, math.inf]
@@ -138,13 +139,17 @@ def test_event_rule_in_float32_without_displacement(case, seed):
     np.testing.assert_allclose(G.numpy(), expected, rtol=1e-6, atol=1e-6)
 
 
+POOL_ENGINES = ["vectorised"] + (["event"] if event.AVAILABLE else [])
+
+
+@pytest.mark.parametrize("engine", POOL_ENGINES)
 @given(
-    t=st.lists(st.sampled_from([0.0, 1.0, 2.0, 3.0, 7.0, math.inf]), min_size=2 * 6 * 6, max_size=2 * 6 * 6),
+    t=st.lists(st.sampled_from([0.0, 1.0, 2.0, 3.0, 7.0, math.inf]), min_size=2 * 7 * 7, max_size=2 * 7 * 7),
     k=st.sampled_from([2, 3]),
 )
-def test_pooling_matches_reference(t, k):
-    t_in = np.array(t).reshape(1, 2, 6, 6)
-    times, winners = vectorised.earliest_pool(torch.tensor(t_in), k)
+def test_pooling_matches_reference(engine, t, k):
+    t_in = np.array(t).reshape(1, 2, 7, 7)  # 7 = 3k + 1 or 2k + 3: the last row and column are dropped
+    times, winners = kernels.earliest_pool(torch.tensor(t_in), k, engine=engine)
     ref_times, ref_winners = reference.earliest_pool(t_in, k)
     np.testing.assert_array_equal(times.numpy(), ref_times)
     finite = np.isfinite(ref_times)  # the winner of an all-silent window is irrelevant

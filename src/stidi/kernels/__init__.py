@@ -43,6 +43,13 @@ def spike_times(t_in, weight, theta, T, tau, padding=0, engine: str | None = Non
     return vectorised.spike_times(t_in, weight, theta, T, tau, padding)
 
 
+def earliest_pool(t_in: torch.Tensor, k: int, engine: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Earliest-spike pooling (times and flat winner indices) with the chosen engine."""
+    if (engine or default_engine()) == "event" and event.AVAILABLE and t_in.device.type == "cpu":
+        return event.earliest_pool(t_in, k)
+    return vectorised.earliest_pool(t_in, k)
+
+
 def rule(t_in, t_out, delta, weight, gate, T, tau, padding=0, need_displacement=True, engine: str | None = None):
     """``(update direction, displacement or None)`` of one weighted layer."""
     if _use_event(engine or default_engine(), t_in, tau):

@@ -399,6 +399,26 @@ if AVAILABLE:
                         D[b, inputs[e]] += acc
 
     @njit(parallel=True, cache=True)
+    def _earliest_pool(t_in, k, out, winner):
+        """Earliest-spike pooling of ``t_in (B, C, H, W)`` over ``k × k`` windows (stride ``k``):
+        ``out`` gets each window's earliest time, ``winner`` the flat index ``y · W + x`` of the
+        first earliest neuron in row-major order (the window's first neuron if all are silent)."""
+        B, C, H, W = t_in.shape
+        Ho, Wo = H // k, W // k
+        for bc in prange(B * C):
+            b, c = bc // C, bc % C
+            for y in range(Ho):
+                for x in range(Wo):
+                    best, best_at = np.inf, (y * k) * W + x * k
+                    for dy in range(k):
+                        for dx in range(k):
+                            t = t_in[b, c, y * k + dy, x * k + dx]
+                            if t < best:
+                                best, best_at = t, (y * k + dy) * W + x * k + dx
+                    out[b, c, y, x] = best
+                    winner[b, c, y, x] = best_at
+
+    @njit(parallel=True, cache=True)
     def _dense_forward_stepped(t_in, w_t, theta, T, tau, out):
         """Time-stepped variant of :func:`_dense_forward`: ``u(t) = u(t − 1) + slope`` for every unfired neuron."""
         B, N = t_in.shape
@@ -529,6 +549,16 @@ def spike_times(t_in: torch.Tensor, weight: torch.Tensor, theta: float, T: int, 
         else:
             _conv_forward_stepped(xp, np.ascontiguousarray(weight.detach().cpu().double().numpy()), theta, T, tau, out)
     return torch.from_numpy(out)
+
+
+def earliest_pool(t_in: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Same contract as :func:`stidi.kernels.vectorised.earliest_pool` (one pass, no index tensors)."""
+    x = _as_numpy(t_in)
+    B, C, H, W = x.shape
+    out = np.empty((B, C, H // k, W // k), dtype=x.dtype)
+    winner = np.empty(out.shape, dtype=np.int64)
+    _earliest_pool(x, int(k), out, winner)
+    return torch.from_numpy(out), torch.from_numpy(winner)
 
 
 def rule(
