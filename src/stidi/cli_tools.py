@@ -140,16 +140,16 @@ def add_commands(sub: Any) -> None:
     i.add_argument("--histograms", action="store_true", help="with --json: include per-layer spike counts at every time step")
     i.set_defaults(func=cmd_inspect)
 
-    pl = sub.add_parser("plot", help="PNG plots: learning curves, confusion matrix, firing times, spike raster, spike maps",
+    pl = sub.add_parser("plot", help="PNG plots: learning curves, confusion matrix, firing and decision times, spike raster, spike maps",
                         description="Write PNG plots of a model trained by 'stidi train': learning curves (from the run's "
-                        "metrics.jsonl), the confusion matrix and per-layer firing-time histograms on test images, and the "
+                        "metrics.jsonl), the confusion matrix, per-layer firing-time histograms and decision times on test images, and the "
                         "spike raster and per-layer spike-time maps of one image. Needs matplotlib (pip install 'stidi[plots]').")
     pl.add_argument("model", metavar="MODEL", help=model_help)
-    pl.add_argument("--out", metavar="DIR", help="directory for the PNG files (default: DIR/plots beside the model)")
+    pl.add_argument("--out", metavar="DIR", help="directory for the PNG files (default: plots/ in the model's run directory)")
     pl.add_argument("--which", nargs="+", choices=PLOTS, help="plots to make (default: all)")
     pl.add_argument("--data", metavar="NAME|FILE", help=data_help)
-    pl.add_argument("--labels", metavar="FILE", help="IDX or .npy labels for --data FILE (for the confusion matrix)")
-    pl.add_argument("--limit", type=int, default=DEFAULT_LIMIT, help=f"test images for confusion and histograms; 0 = all (default: {DEFAULT_LIMIT})")
+    pl.add_argument("--labels", metavar="FILE", help="IDX or .npy labels for --data FILE (for the confusion matrix and decision times)")
+    pl.add_argument("--limit", type=int, default=DEFAULT_LIMIT, help=f"test images for confusion, histograms and decision times; 0 = all (default: {DEFAULT_LIMIT})")
     pl.add_argument("--image", type=int, default=0, help="index in the data of the image for the raster and spike maps (default: 0)")
     pl.set_defaults(func=cmd_plot)
 
