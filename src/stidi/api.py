@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .config import SECTIONS, Config, load_config
+from .config import SECTIONS, Config, load_config, merge
 from .encoding import ttfs_encode
 from .errors import ConfigError, DataError
 from .io import build_network, load_model, save_model
@@ -64,8 +64,6 @@ def make_config(network: str, input_shape: Sequence[int], config: Config | None 
             value = list(value)
         values.setdefault(owner[key], {})[key] = value
     base = config if config is not None else load_config(None)
-    from .config import merge
-
     return merge(base, values, "stidi.api")
 
 
