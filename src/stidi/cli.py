@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -69,9 +70,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/{config.train.dataset}")
     if any(out.glob("checkpoint*.safetensors")) and not args.resume:
         raise StidiError(f"{out} already holds a run; add --resume to continue it, or choose another --out")
-    print(f"training {config.model.network} on {config.train.dataset} (T={config.model.T}, "
-          f"{config.train.epochs} epochs) -> {out}", file=sys.stderr)
-    _, history = train(config, out, resume=args.resume, progress=not args.no_progress)
+    if args.dist_timeout is not None and args.dist_timeout <= 0:
+        raise StidiError(f"--dist-timeout {args.dist_timeout}: give a number of seconds > 0")
+    writer = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 reports
+    if writer:
+        print(f"training {config.model.network} on {config.train.dataset} (T={config.model.T}, "
+              f"{config.train.epochs} epochs) -> {out}", file=sys.stderr)
+    _, history = train(config, out, resume=args.resume, progress=not args.no_progress, dist_timeout=args.dist_timeout)
+    if not writer:
+        return 0
     last = history[-1]
     if "val_accuracy" in last:
         best = best_record(history)
@@ -135,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", metavar="DIR", help="run directory for model, checkpoint and metrics (default: runs/DATASET)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     train.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
+    train.add_argument("--dist-timeout", type=float, metavar="SECONDS",
+                       help="under torchrun: how long a rank waits for the others before the job fails "
+                       "(default: $STIDI_DIST_TIMEOUT or 600); see docs/distributed.md")
     train.add_argument("--plots", action="store_true", help="after training, write PNG plots to OUT/plots (as 'stidi plot OUT'; needs matplotlib)")
     train.set_defaults(func=cmd_train)
 

@@ -29,11 +29,13 @@ from typing import Callable
 import numpy as np
 import torch
 
+from . import distributed
 from .config import Config
+from .distributed import SINGLE, Context
 from .encoding import ttfs_encode
 from .errors import ModelFileError, StidiError
 from .io import atomic_write, build_network, load_tensors, network_tensors, restore_weights, save_model, save_tensors, sidecar
-from .network import Network, per_layer
+from .network import Network, Trace, per_layer
 from .stidi_bp import RuleOptions, update_directions
 
 Log = Callable[[str], None]
@@ -80,11 +82,15 @@ def builtin_data(config: Config, log: Log = _stderr) -> tuple[Dataset, Dataset]:
 
 
 @torch.no_grad()
-def evaluate(net: Network, data: Dataset) -> dict:
-    """Test accuracy, mean decision time and per-layer fraction of neurons firing before ``T``."""
+def evaluate(net: Network, data: Dataset, dist: Context = SINGLE) -> dict:
+    """Test accuracy, mean decision time and per-layer fraction of neurons firing before ``T``.
+
+    With several ranks (``dist``) each evaluates a contiguous share and the sums are reduced.
+    """
     correct, decision, fired, count = 0, 0.0, None, 0
-    for lo in range(0, len(data), EVAL_BATCH):
-        sl = slice(lo, lo + EVAL_BATCH)
+    first, end = dist.span(len(data))
+    for lo in range(first, end, EVAL_BATCH):
+        sl = slice(lo, min(lo + EVAL_BATCH, end))
         trace = net.trace(data.spike_times(sl, net.T, net.input_shape))
         pred = net.readout(trace)
         correct += int((pred.classes == data.labels[sl]).sum())
@@ -92,6 +98,9 @@ def evaluate(net: Network, data: Dataset) -> dict:
         layer_fired = [float(torch.isfinite(t).float().sum() / t[0].numel()) for t in trace.times[1:]]
         fired = layer_fired if fired is None else [a + b for a, b in zip(fired, layer_fired)]
         count += len(pred.classes)
+    if dist.active:
+        sums = dist.sum_floats([correct, decision, count, *(fired or [0.0] * len(net.layers))], "evaluation")
+        correct, decision, count, fired = sums[0], sums[1], sums[2], sums[3:]
     return {
         "accuracy": correct / max(count, 1),
         "mean_decision_time": decision / max(count, 1),
@@ -207,8 +216,9 @@ class Checkpoints:
 class Trainer:
     """One training run: network, optimiser, run directory and progress (resumable mid-epoch)."""
 
-    def __init__(self, config: Config, out_dir: str | Path, data: tuple[Dataset, Dataset], progress: bool, log: Log) -> None:
-        self.config, self.t = config, config.train
+    def __init__(self, config: Config, out_dir: str | Path, data: tuple[Dataset, Dataset], progress: bool, log: Log,
+                 dist: Context = SINGLE) -> None:
+        self.config, self.t, self.dist = config, config.train, dist
         self.out = Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         self.train_set, self.val_set = split_validation(data[0], config.train.validation)
@@ -232,8 +242,15 @@ class Trainer:
         self.opt = make_optimizer(self.net, self.config, self.lr_scale)
         self.log(f"initialised {self.config.model.network}: firing fraction per weighted layer {[round(f, 3) for f in fired]}")
 
+    def share_initial_state(self) -> None:
+        """Every rank starts from rank 0's initial weights (initialisation may round differently elsewhere)."""
+        tensors, self.lr_scale = self.dist.broadcast((network_tensors(self.net), self.lr_scale), "sharing the initial weights")
+        restore_weights(self.net, tensors, self.out)
+        self.opt = make_optimizer(self.net, self.config, self.lr_scale)
+
     def resume(self) -> None:
-        tensors, info = self.ckpt.load(self.log)
+        loaded = self.ckpt.load(self.log) if self.dist.is_writer else None
+        tensors, info = self.dist.broadcast(loaded, "sharing the checkpoint")  # only rank 0 needs the files
         if info.get("config") != json.loads(json.dumps(self.config.to_dict())):
             raise StidiError(f"{self.ckpt.current}: was written with a different configuration; "
                              "resume with the same options, or use another --out")
@@ -248,6 +265,8 @@ class Trainer:
             self._write_epoch_outputs()  # in case the run stopped between the epoch's checkpoint and its outputs
 
     def save_checkpoint(self) -> None:
+        if not self.dist.is_writer:
+            return
         opt_tensors, groups = _optimizer_tensors(self.opt)
         info = {"config": self.config.to_dict(), "lr_scale": self.lr_scale, "history": self.history,
                 "timing": self.timing, "partial": self.partial, "optimizer_groups": groups}
@@ -255,6 +274,8 @@ class Trainer:
 
     def _write_epoch_outputs(self) -> None:
         """The latest model, and ``best.safetensors`` when this epoch is the best by validation."""
+        if not self.dist.is_writer:
+            return
         save_model(self.out / "model.safetensors", self.net, self.config, {"history": self.history})
         if self.val_set is not None and best_record(self.history) is self.history[-1]:
             save_model(self.out / "best.safetensors", self.net, self.config,
@@ -269,9 +290,11 @@ class Trainer:
                 for group in self.opt.param_groups:
                     group["lr"] = learning_rate(group["base_lr"], epoch, self.t.epochs, self.t.lr_schedule)
                 record, timing = self._train_epoch(epoch)
+                if self.dist.active:
+                    timing["processes"] = self.dist.world
                 if self.val_set is not None:
-                    record.update({f"val_{k}": v for k, v in evaluate(self.net, self.val_set).items()})
-                record.update({f"test_{k}": v for k, v in evaluate(self.net, self.test_set).items()})
+                    record.update({f"val_{k}": v for k, v in evaluate(self.net, self.val_set, self.dist).items()})
+                record.update({f"test_{k}": v for k, v in evaluate(self.net, self.test_set, self.dist).items()})
                 self.history.append(record)
                 self.timing.append(timing)
                 self.partial = None
@@ -294,10 +317,13 @@ class Trainer:
         start = time.perf_counter() - seconds
         for step in range(first_step, steps):
             idx = order[step * t.batch_size : (step + 1) * t.batch_size]
-            labels = data.labels[idx]
-            trace = net.trace(data.spike_times(idx, net.T, net.input_shape))
-            correct += int((net.readout(trace).classes == labels).sum())
-            directions = update_directions(net, trace, labels, self.rule)
+            share = self.dist.shard(idx)  # all of idx with one process
+            directions, trace, hits = self._directions(share)
+            directions, hits, stop = self.dist.reduce_step(directions, trace.times, len(share), len(idx), hits,
+                                                           self.stop_signal is not None, f"step {step + 1} of epoch {epoch + 1}")
+            if stop and self.stop_signal is None:  # another rank was asked to stop: stop at the same step
+                self.stop_signal = signal.SIGTERM
+            correct += hits
             self._step(directions, trace, epoch, step)
             done = step + 1
             self.partial = {"epoch": epoch, "step": done, "correct": correct, "seconds": time.perf_counter() - start}
@@ -316,6 +342,16 @@ class Trainer:
         seconds = time.perf_counter() - start
         record = {"epoch": epoch + 1, "train_accuracy": correct / len(data), "lr": [g["lr"] for g in self.opt.param_groups]}
         return record, {"epoch": epoch + 1, "train_seconds": round(seconds, 2), "images_per_s": round(len(data) / seconds, 2)}
+
+    def _directions(self, idx: torch.Tensor) -> tuple[list[torch.Tensor], Trace, int]:
+        """Batch-mean update directions, spike times and correct count of the training images ``idx``."""
+        net, data = self.net, self.train_set
+        if len(idx) == 0:  # a rank's share of a last batch smaller than the number of ranks
+            return [torch.zeros_like(w) for w in net.weights], Trace([]), 0
+        labels = data.labels[idx]
+        trace = net.trace(data.spike_times(idx, net.T, net.input_shape))
+        hits = int((net.readout(trace).classes == labels).sum())
+        return update_directions(net, trace, labels, self.rule), trace, hits
 
     def _step(self, directions: list[torch.Tensor], trace, epoch: int, step: int) -> None:
         """Apply one optimiser step; on a non-finite value keep (and checkpoint) the state before it."""
@@ -370,18 +406,31 @@ def train(
     data: tuple[Dataset, Dataset] | None = None,
     progress: bool = True,
     log: Log = _stderr,
+    dist_timeout: float | None = None,
 ) -> tuple[Network, list[dict]]:
     """Train a network as configured; returns it with one metrics record per epoch.
 
     ``data`` replaces the built-in dataset with ``(train, test)`` :class:`Dataset` s.
     With ``resume`` the run in ``out_dir`` continues from its last checkpoint (mid-epoch
     included) and ends exactly as an uninterrupted run would.
+
+    Launched by ``torchrun`` (``WORLD_SIZE`` > 1) it trains data-parallel (see
+    :mod:`stidi.distributed`): ``batch_size`` is the global batch, only rank 0 writes
+    and logs, and ``dist_timeout`` seconds bound every wait for another rank.
     """
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
-    trainer = Trainer(config, out_dir, data if data is not None else builtin_data(config, log), progress, log)
-    if resume and trainer.ckpt.exists():
-        trainer.resume()
-    else:
-        trainer.start_fresh()
-    return trainer.net, trainer.run()
+    dist = distributed.from_environment(dist_timeout)
+    try:
+        if not dist.is_writer:
+            progress, log = False, lambda message: None
+        trainer = Trainer(config, out_dir, data if data is not None else builtin_data(config, log), progress, log, dist)
+        if dist.broadcast(resume and trainer.ckpt.exists(), "agreeing on --resume"):
+            trainer.resume()
+        else:
+            trainer.start_fresh()
+            if dist.active:
+                trainer.share_initial_state()
+        return trainer.net, trainer.run()
+    finally:
+        distributed.shutdown(dist)
