@@ -136,7 +136,11 @@ if AVAILABLE:
         """
         m = s
         if k > 0.0:
-            m = max(a + 1, min(s, int(math.ceil((thr + c) / k))))
+            q = math.ceil((thr + c) / k)  # clamped before the integer conversion: k may be tiny
+            if q <= a + 1:
+                m = a + 1
+            elif q < s:
+                m = int(q)
         while m > a + 1 and (m - 1) * k - c >= thr:
             m -= 1
         while m < s and m * k - c < thr:
@@ -290,113 +294,108 @@ if AVAILABLE:
     #: vectorise); infinities and NaNs keep their meaning.
     RULE_MATH = {"reassoc", "contract", "nsz"}
 
-    @njit(cache=True, inline="always")
-    def _active_outputs(t_j, d_j, at, ad, aj, p):
-        """Outputs with a nonzero ``δ``, latest first (insertion sort): fills row ``p`` of
-        ``(at, ad, aj)`` with their times, ``δ`` and indices and returns how many there are."""
-        na = 0
-        for j in range(t_j.size):
-            if d_j[j] != 0.0:
-                k = na
-                while k > 0 and at[p, k - 1] < t_j[j]:
-                    at[p, k], ad[p, k], aj[p, k] = at[p, k - 1], ad[p, k - 1], aj[p, k - 1]
-                    k -= 1
-                at[p, k], ad[p, k], aj[p, k] = t_j[j], d_j[j], j
-                na += 1
-        return na
+    @njit(cache=True)
+    def _fields_by_position(steps, inputs, H, W, K):
+        """Each output position's receptive-field events, in time order, as one flat list:
+        position ``l = oy · Wo + ox`` owns entries ``start[l] : start[l + 1]`` of
+        ``(step, weight column (c · K + ky) · K + kx, input index)``.
+
+        The sample's sorted events are dealt, row band by row band, to the ``≤ K × K``
+        positions they reach (a counting pass, then a filling pass), so every list keeps
+        the time order.
+        """
+        n = steps.size
+        Ho, Wo = H - K + 1, W - K + 1
+        ys, xs, base = _event_coordinates(inputs, H, W, K)
+        start = np.zeros(Ho * Wo + 1, dtype=np.int64)
+        for e in range(n):
+            for oy in range(max(0, ys[e] - K + 1), min(Ho, ys[e] + 1)):
+                for ox in range(max(0, xs[e] - K + 1), min(Wo, xs[e] + 1)):
+                    start[oy * Wo + ox + 1] += 1
+        for l in range(Ho * Wo):
+            start[l + 1] += start[l]
+        fill = start[: Ho * Wo].copy()
+        m = start[Ho * Wo]
+        f_t = np.empty(m)
+        f_r = np.empty(m, dtype=np.int64)
+        f_i = np.empty(m, dtype=np.int64)
+        for e in range(n):
+            for oy in range(max(0, ys[e] - K + 1), min(Ho, ys[e] + 1)):
+                row = base[e] + (ys[e] - oy) * K + xs[e]
+                for ox in range(max(0, xs[e] - K + 1), min(Wo, xs[e] + 1)):
+                    k = fill[oy * Wo + ox]
+                    f_t[k], f_r[k], f_i[k] = steps[e], row - ox, inputs[e]
+                    fill[oy * Wo + ox] = k + 1
+        return start, f_t, f_r, f_i
 
     @njit(cache=True, fastmath=RULE_MATH, inline="always")
-    def _input_pairs(t, r, at, ad, aj, p, na, w2, G, cap, use_slope, tau):
-        """One input that fired at ``t`` against the active outputs of one position (latest first).
+    def _output_pairs(j, tj, dj, f_t, f_r, f_i, o, m, w2, G, Db, cap, use_slope, tau, want_D):
+        """Output ``j`` (time ``tj``, ``δ = dj``) against its receptive field's events ``o … o + m − 1``
+        (time-sorted: step ``f_t``, weight column ``f_r``, input ``f_i``).
 
-        The outputs that fire after ``t`` are a prefix of them: ``G[r, j] += δ_j min(t_j − t, cap)``
-        (``ε · scale``); returns ``Σ_j δ_j w_jr g`` with ``g = 1`` (mask) or ``[t_j − t < τ]``
-        (slope, before its factor ``1/scale``).
+        The inputs that fired before ``tj`` are a prefix: ``G[j, r] += δ min(t_j − t_i, cap)``
+        (``ε · scale``) and ``D[i] += δ w_jr g`` with ``g = 1`` (mask) or ``[t_j − t_i < τ]``
+        (slope, before its factor ``1/scale``). Every pair writes a different ``G`` and ``D``
+        entry, so the loop carries no dependency.
         """
-        acc = 0.0
-        k = 0
-        while k < na and at[p, k] > t:
-            j = aj[p, k]
-            s = at[p, k] - t
-            G[r, j] += ad[p, k] * min(s, cap)
-            g = 1.0 if (s < tau or not use_slope) else 0.0
-            acc += ad[p, k] * w2[r, j] * g
-            k += 1
-        return acc
+        for k in range(o, o + m):
+            s = tj - f_t[k]
+            if s <= 0.0:
+                break
+            r = f_r[k]
+            G[j, r] += dj * min(s, cap)
+            if want_D:
+                g = 1.0 if (s < tau or not use_slope) else 0.0
+                Db[f_i[k]] += dj * w2[j, r] * g
 
     @njit(parallel=True, cache=True, fastmath=RULE_MATH)
     def _conv_rule(x, t_out, delta, w, use_slope, tau, T, want_D, G_parts, D):
-        """Update direction and displacement of a convolution, one output row at a time.
+        """Update direction and displacement of a convolution.
 
-        ``x (B, C, H, W)`` padded input times, ``t_out``/``delta (B, Co, Ho, Wo)``, ``w (C, K, K, Co)``
-        (channels last, as ``G``: the pairs of one input event then touch one row of each).
-        As in the forward pass, the row band's events come in time order and are dealt to
-        the positions they reach; at each position they meet only the outputs with a
-        nonzero ``δ`` that fired after them. Accumulates ``G · scale`` into
-        ``G_parts (P, C, K, K, Co)`` (one slab per thread) and, when ``want_D``, the
-        displacement (without ``1/scale`` for the slope gate) into ``D (B, C, H, W)``.
+        ``x (B, C, H, W)`` padded input times, ``t_out``/``delta (B, Co, Ho, Wo)``, ``w (Co, C, K, K)``.
+        Each position gets its receptive field's events in time order (as in the forward
+        pass); every output with a nonzero ``δ`` — visited channel by channel, so that its
+        rows of ``G`` and ``w`` stay in cache — then meets the prefix that fired before it.
+        Accumulates ``G · scale`` into ``G_parts (P, Co, C, K, K)`` (one slab per thread)
+        and, when ``want_D``, the displacement (without ``1/scale`` for the slope gate)
+        into ``D (B, C, H, W)``.
         """
         B, C, H, W = x.shape
-        _, K, _, Co = w.shape
-        Ho, Wo = H - K + 1, W - K + 1
-        w2 = w.reshape(C * K * K, Co)
+        Co, _, K, _ = w.shape
+        L = (H - K + 1) * (W - K + 1)
+        w2 = w.reshape(Co, C * K * K)
         cap = tau  # ε · scale = min(s, τ); the ramp (τ = inf) is never capped inside the window
         P = G_parts.shape[0]
         for p in prange(P):
-            G = G_parts[p].reshape(C * K * K, Co)
-            at, ad = np.empty((Wo, Co)), np.empty((Wo, Co))
-            aj, na = np.empty((Wo, Co), dtype=np.int64), np.empty(Wo, dtype=np.int64)
-            t_j, d_j = np.empty(Co), np.empty(Co)
+            G = G_parts[p].reshape(Co, C * K * K)
             for b in range(p * B // P, (p + 1) * B // P):
+                t_j, d_j = t_out[b].reshape(Co, L), delta[b].reshape(Co, L)
                 steps, inputs, _ = _sorted_events(x[b].reshape(-1), T, 0)
-                n = steps.size
-                ys, xs, base = _event_coordinates(inputs, H, W, K)
-                band = np.empty(n + 1, dtype=np.int64)
+                start, f_t, f_r, f_i = _fields_by_position(steps, inputs, H, W, K)
                 Db = D[b].reshape(-1) if want_D else D[0].reshape(-1)
-                for oy in range(Ho):
-                    latest = -np.inf
-                    for ox in range(Wo):
-                        for co in range(Co):
-                            t_j[co] = t_out[b, co, oy, ox]
-                            d_j[co] = delta[b, co, oy, ox]
-                        na[ox] = _active_outputs(t_j, d_j, at, ad, aj, ox)
-                        if na[ox] > 0:
-                            latest = max(latest, at[ox, 0])
-                    nb = _row_band(ys, n, oy, K, band)
-                    for q in range(nb):
-                        e = band[q]
-                        t = float(steps[e])
-                        if t >= latest:
-                            break
-                        x_, row0 = xs[e], base[e] + (ys[e] - oy) * K + xs[e]
-                        acc = 0.0
-                        for ox in range(max(0, x_ - K + 1), min(Wo, x_ + 1)):
-                            acc += _input_pairs(t, row0 - ox, at, ad, aj, ox, na[ox], w2, G, cap, use_slope, tau)
-                        if want_D:
-                            Db[inputs[e]] += acc
+                for co in range(Co):
+                    for l in range(L):
+                        if d_j[co, l] != 0.0:
+                            _output_pairs(co, t_j[co, l], d_j[co, l], f_t, f_r, f_i, start[l], start[l + 1] - start[l],
+                                          w2, G, Db, cap, use_slope, tau, want_D)
 
     @njit(parallel=True, cache=True, fastmath=RULE_MATH)
     def _dense_rule(x, t_out, delta, w, use_slope, tau, T, want_D, G_parts, D):
-        """:func:`_conv_rule` for a dense layer: ``x (B, N)``, ``t_out``/``delta (B, M)``, ``w (N, M)``
-        (transposed), ``G_parts (P, N, M)``, ``D (B, N)``."""
+        """:func:`_conv_rule` for a dense layer: ``x (B, N)``, ``t_out``/``delta (B, M)``, ``w (M, N)``,
+        ``G_parts (P, M, N)``, ``D (B, N)``."""
         B = x.shape[0]
-        M = w.shape[1]
+        M = w.shape[0]
         P = G_parts.shape[0]
         for p in prange(P):
             G = G_parts[p]
-            at, ad, aj = np.empty((1, M)), np.empty((1, M)), np.empty((1, M), dtype=np.int64)
             for b in range(p * B // P, (p + 1) * B // P):
-                na = _active_outputs(t_out[b], delta[b], at, ad, aj, 0)
-                if na == 0:
-                    continue
                 steps, inputs, _ = _sorted_events(x[b], T, 0)
-                for e in range(steps.size):
-                    t = float(steps[e])
-                    if t >= at[0, 0]:
-                        break
-                    acc = _input_pairs(t, inputs[e], at, ad, aj, 0, na, w, G, tau, use_slope, tau)
-                    if want_D:
-                        D[b, inputs[e]] += acc
+                f_t = steps.astype(np.float64)
+                Db = D[b] if want_D else D[0]
+                for j in range(M):
+                    if delta[b, j] != 0.0:
+                        _output_pairs(j, t_out[b, j], delta[b, j], f_t, inputs, inputs, 0, steps.size,
+                                      w, G, Db, tau, use_slope, tau, want_D)
 
     @njit(parallel=True, cache=True)
     def _earliest_pool(t_in, k, out, winner):
@@ -581,7 +580,7 @@ def rule(
     _check_tau(tau)
     T, tau = int(T), float(tau)
     scale = float(T) if math.isinf(tau) else tau
-    w = _channels_last(weight)
+    w = np.ascontiguousarray(weight.detach().cpu().double().numpy())
     B = t_in.shape[0]
     parts = max(1, min(B, numba.get_num_threads()))
     G_parts = np.zeros((parts, *w.shape))
@@ -593,8 +592,7 @@ def rule(
         t_j, d_j = _as_numpy(t_out), _as_numpy(delta)
     D = np.zeros(x.shape if need_displacement else (1,) * x.ndim)
     kernel(x, t_j, d_j, w, gate == "slope", tau, T, need_displacement, G_parts, D)
-    G = torch.from_numpy(G_parts.sum(0) / scale)
-    G = (G.t() if weight.dim() == 2 else G.permute(3, 0, 1, 2)).to(weight.dtype).contiguous()
+    G = torch.from_numpy(G_parts.sum(0) / scale).to(weight.dtype)
     if not need_displacement:
         return G, None
     if gate == "slope":
