@@ -209,6 +209,9 @@ def from_environment(timeout_s: float | None = None) -> Context:
     if backend == "nccl":
         if not torch.cuda.is_available():
             raise StidiError(f"{ENV_BACKEND}=nccl but CUDA is not available here; use gloo")
+        if local_rank >= torch.cuda.device_count():
+            raise StidiError(f"LOCAL_RANK={local_rank} but this node has {torch.cuda.device_count()} GPU(s); start at most "
+                             f"one process per GPU (--nproc_per_node) or set {ENV_BACKEND}=gloo")
         torch.cuda.set_device(local_rank)
     owns = not dist.is_initialized()
     if owns:
@@ -220,6 +223,19 @@ def from_environment(timeout_s: float | None = None) -> Context:
                              f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']} ({reason}); check that every "
                              "node uses the same --rdzv-endpoint/--master_addr and that the port is reachable") from None
     return Context(rank=rank, world=world, local_rank=local_rank, backend=backend, owns_group=owns)
+
+
+def limit_threads(threads: int) -> None:
+    """Cap the numba kernels at ``threads`` threads, as ``torch.set_num_threads`` caps PyTorch.
+
+    numba otherwise starts one thread per core in every process, so N ranks on one node
+    would run N times as many threads as there are cores.
+    """
+    try:
+        import numba
+    except ImportError:
+        return
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
 
 
 def shutdown(ctx: Context) -> None:

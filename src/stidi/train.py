@@ -421,6 +421,8 @@ def train(
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     dist = distributed.from_environment(dist_timeout)
+    if dist.active:  # torchrun sets OMP_NUM_THREADS=1 unless told otherwise; --threads overrides
+        distributed.limit_threads(config.train.threads or torch.get_num_threads())
     try:
         if not dist.is_writer:
             progress, log = False, lambda message: None
