@@ -376,7 +376,7 @@ if AVAILABLE:
                 for co in range(Co):
                     for l in range(L):
                         if d_j[co, l] != 0.0:
-                            _output_pairs(co, t_j[co, l], d_j[co, l], f_t, f_r, f_i, start[l], start[l + 1] - start[l],
+                            _output_pairs(co, float(t_j[co, l]), float(d_j[co, l]), f_t, f_r, f_i, start[l], start[l + 1] - start[l],
                                           w2, G, Db, cap, use_slope, tau, want_D)
 
     @njit(parallel=True, cache=True, fastmath=RULE_MATH)
@@ -394,7 +394,7 @@ if AVAILABLE:
                 Db = D[b] if want_D else D[0]
                 for j in range(M):
                     if delta[b, j] != 0.0:
-                        _output_pairs(j, t_out[b, j], delta[b, j], f_t, inputs, inputs, 0, steps.size,
+                        _output_pairs(j, float(t_out[b, j]), float(delta[b, j]), f_t, inputs, inputs, 0, steps.size,
                                       w, G, Db, tau, use_slope, tau, want_D)
 
     @njit(parallel=True, cache=True)
@@ -520,8 +520,12 @@ def _padded(t_in: torch.Tensor, padding: int) -> np.ndarray:
 
 
 def _channels_last(weight: torch.Tensor) -> np.ndarray:
-    """float64 weight with the output channel innermost: ``(n_in, n_out)`` or ``(C, K, K, Co)``."""
-    w = weight.detach().cpu().double()
+    """The weight with the output channel innermost: ``(n_in, n_out)`` or ``(C, K, K, Co)``.
+
+    It keeps its dtype (float32 weights are read as they are, half the memory traffic of
+    a float64 copy); the kernels widen each weight to float64 exactly.
+    """
+    w = weight.detach().cpu()
     return np.ascontiguousarray((w.t() if w.dim() == 2 else w.permute(1, 2, 3, 0)).numpy())
 
 
@@ -580,7 +584,7 @@ def rule(
     _check_tau(tau)
     T, tau = int(T), float(tau)
     scale = float(T) if math.isinf(tau) else tau
-    w = np.ascontiguousarray(weight.detach().cpu().double().numpy())
+    w = _as_numpy(weight)
     B = t_in.shape[0]
     parts = max(1, min(B, numba.get_num_threads()))
     G_parts = np.zeros((parts, *w.shape))
