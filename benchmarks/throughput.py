@@ -317,17 +317,43 @@ def run_timed(step: Step, data: Iterator[tuple], warmup: int, min_seconds: float
     }
 
 
+def timed_rule(net, seconds: dict[int, float]):
+    """A stand-in for ``stidi.kernels.rule`` that adds each call's time to ``seconds[layer index]``."""
+    from stidi import kernels
+
+    rule = kernels.rule
+    layer_of = {id(w): i for i, w in zip(net.weighted, net.weights)}
+
+    def timed(t_in, t_out, delta, weight, *args, **kwargs):
+        start = time.perf_counter()
+        result = rule(t_in, t_out, delta, weight, *args, **kwargs)
+        seconds[layer_of[id(weight)]] += time.perf_counter() - start
+        return result
+
+    return timed
+
+
 def profile_stidi(images, labels, T: int, warmup: int, count: int, calibration: int) -> dict:
-    """Milliseconds per image spent in each phase of a stidi training batch (mean over ``count`` batches)."""
+    """Milliseconds per image spent in each phase of a stidi training batch (mean over ``count`` batches).
+
+    ``update_directions`` is split into the learning-rule kernel of each weighted layer
+    (``stidi.kernels.rule``: update direction and displacement) and the rest (errors,
+    pooling routes, normalisation).
+    """
+    from stidi import kernels
     from stidi.encoding import ttfs_encode
     from stidi.network import Trace
     from stidi.stidi_bp import update_directions
 
     net, opt, rule, _ = stidi_setup(images, T, calibration)
     data = batches(images, labels)
-    names = (["encode"] + [f"forward layer {i + 1} ({layer.token})" for i, layer in enumerate(net.layers)]
-             + ["readout", "update_directions", "optimizer step"])
+    tokens = [layer.token for layer in net.layers]
+    rule_names = {i: f"rule layer {i + 1} ({tokens[i]})" for i in reversed(net.weighted)}
+    names = (["encode"] + [f"forward layer {i + 1} ({token})" for i, token in enumerate(tokens)]
+             + ["readout", *rule_names.values(), "update_directions (rest)", "optimizer step"])
     totals = dict.fromkeys(names, 0.0)
+    rule_seconds = dict.fromkeys(net.weighted, 0.0)
+    kernels.rule = timed_rule(net, rule_seconds)
     for b in range(warmup + count):
         xb, yb = next(data)
         marks = [time.perf_counter()]
@@ -341,14 +367,20 @@ def profile_stidi(images, labels, T: int, warmup: int, count: int, calibration: 
             marks.append(time.perf_counter())
         net.readout(trace)
         marks.append(time.perf_counter())
+        before = dict(rule_seconds)
         for w, gdir in zip(net.weights, update_directions(net, trace, yb, rule)):
             w.grad = gdir
         marks.append(time.perf_counter())
         opt.step()
         marks.append(time.perf_counter())
         if b >= warmup:
-            for name, lo, hi in zip(names, marks, marks[1:]):
-                totals[name] += hi - lo
+            spans = dict(zip(["encode", *names[1 : len(tokens) + 2]], [hi - lo for lo, hi in zip(marks, marks[1:])]))
+            in_rules = {i: rule_seconds[i] - before[i] for i in net.weighted}
+            spans["update_directions (rest)"] = marks[-2] - marks[-3] - sum(in_rules.values())
+            spans.update({rule_names[i]: in_rules[i] for i in net.weighted})
+            spans["optimizer step"] = marks[-1] - marks[-2]
+            for name, seconds in spans.items():
+                totals[name] += seconds
     images_done = count * BATCH
     phases = [{"phase": name, "ms_per_image": round(1000 * s / images_done, 4)} for name, s in totals.items()]
     total = sum(p["ms_per_image"] for p in phases)
@@ -607,7 +639,9 @@ def render(result: dict, json_path: str) -> str:
         "so the figure is the peak resident memory during the timed loop: "
         "interpreter, libraries, the MNIST training set and the working set of training. The whole-process peak "
         "(`ru_maxrss`, compilation included) is in the JSON as `process_max_rss_mb`.",
-        "* Where the time goes: the same training step split into phases with a timer around each, mean over "
+        "* Where the time goes: the same training step split into phases with a timer around each "
+        "(`update_directions` split into each weighted layer's learning-rule kernel, `stidi.kernels.rule`, "
+        "and the rest: errors, pooling routes, normalisation), mean over "
         f"{(result.get('stidi_profile') or {}).get('batches', PROFILE_BATCHES)} batches after warm-up, in a separate process.",
         "",
         f"Raw figures, per-measurement details and the load average are in `{json_path}`.",
