@@ -202,17 +202,31 @@ if AVAILABLE:
                 out[b, m] = fired[0, m] if fired[0, m] >= 0 else np.inf
 
     @njit(cache=True)
-    def _event_coordinates(inputs, H, W, K):
-        """Row, column and first weight row (``c · K²``) of each event's input ``(c, y, x)``."""
+    def _input_coordinates(C, H, W, K):
+        """Row, column and first weight row (``c · K²``) of every input ``(c, y, x)`` in flat order:
+        tables the samples share, so that no event needs an integer division."""
+        ys = np.empty(C * H * W, dtype=np.int64)
+        xs = np.empty(C * H * W, dtype=np.int64)
+        base = np.empty(C * H * W, dtype=np.int64)
+        i = 0
+        for c in range(C):
+            for y in range(H):
+                for x in range(W):
+                    ys[i], xs[i], base[i] = y, x, c * K * K
+                    i += 1
+        return ys, xs, base
+
+    @njit(cache=True)
+    def _event_coordinates(inputs, tables):
+        """Row, column and first weight row of each event's input, looked up in ``tables``."""
+        ty, tx, tb = tables
         n = inputs.size
         ys = np.empty(n, dtype=np.int64)
         xs = np.empty(n, dtype=np.int64)
         base = np.empty(n, dtype=np.int64)
         for e in range(n):
             i = inputs[e]
-            ys[e] = (i // W) % H
-            xs[e] = i % W
-            base[e] = (i // (H * W)) * K * K
+            ys[e], xs[e], base[e] = ty[i], tx[i], tb[i]
         return ys, xs, base
 
     @njit(cache=True, inline="always")
@@ -250,21 +264,17 @@ if AVAILABLE:
         w2 = w.reshape(C * K * K, Co)
         scale, lag = _scale_and_lag(tau, T)
         thr = theta * scale
+        tables = _input_coordinates(C, H, W, K)
         for b in prange(B):
             steps, inputs, signs = _sorted_events(t_in[b].reshape(-1), T, lag)
             n = steps.size
-            ys, xs, base = _event_coordinates(inputs, H, W, K)
+            ys, xs, base = _event_coordinates(inputs, tables)
             band = np.empty(n + 1, dtype=np.int64)
-            S1, S2 = np.empty((Wo, Co)), np.empty((Wo, Co))
-            fired = np.empty((Wo, Co), dtype=np.int64)
-            prev = np.empty(Wo, dtype=np.int64)
-            remaining = np.empty(Wo, dtype=np.int64)
+            S1, S2 = np.zeros((Wo, Co)), np.zeros((Wo, Co))
+            fired = np.full((Wo, Co), -1, dtype=np.int64)
+            prev = np.full(Wo, -1, dtype=np.int64)
+            remaining = np.full(Wo, Co, dtype=np.int64)
             for oy in range(Ho):
-                S1[:] = 0.0
-                S2[:] = 0.0
-                fired[:] = -1
-                prev[:] = -1
-                remaining[:] = Co
                 left = Wo
                 nb = _row_band(ys, n, oy, K, band)
                 for q in range(nb):
@@ -285,17 +295,23 @@ if AVAILABLE:
                     if left == 0:
                         break
                 for ox in range(Wo):
-                    if remaining[ox] > 0 and prev[ox] >= 0:
+                    if prev[ox] < 0:  # no event reached this position: silent, state untouched
+                        for co in range(Co):
+                            out[b, co, oy, ox] = np.inf
+                        continue
+                    if remaining[ox] > 0:
                         _check_crossings(T, prev[ox], S1, S2, ox, thr, fired, remaining[ox])
                     for co in range(Co):
                         out[b, co, oy, ox] = fired[ox, co] if fired[ox, co] >= 0 else np.inf
+                        S1[ox, co], S2[ox, co], fired[ox, co] = 0.0, 0.0, -1
+                    prev[ox], remaining[ox] = -1, Co
 
     #: Float flags of the learning-rule kernels: sums may be reassociated (so that they
     #: vectorise); infinities and NaNs keep their meaning.
     RULE_MATH = {"reassoc", "contract", "nsz"}
 
     @njit(cache=True)
-    def _fields_by_position(steps, inputs, H, W, K):
+    def _fields_by_position(steps, inputs, H, W, K, tables):
         """Each output position's receptive-field events, in time order, as one flat list:
         position ``l = oy · Wo + ox`` owns entries ``start[l] : start[l + 1]`` of
         ``(step, weight column (c · K + ky) · K + kx, input index)``.
@@ -306,7 +322,7 @@ if AVAILABLE:
         """
         n = steps.size
         Ho, Wo = H - K + 1, W - K + 1
-        ys, xs, base = _event_coordinates(inputs, H, W, K)
+        ys, xs, base = _event_coordinates(inputs, tables)
         start = np.zeros(Ho * Wo + 1, dtype=np.int64)
         for e in range(n):
             for oy in range(max(0, ys[e] - K + 1), min(Ho, ys[e] + 1)):
@@ -365,13 +381,14 @@ if AVAILABLE:
         L = (H - K + 1) * (W - K + 1)
         w2 = w.reshape(Co, C * K * K)
         cap = tau  # ε · scale = min(s, τ); the ramp (τ = inf) is never capped inside the window
+        tables = _input_coordinates(C, H, W, K)
         P = G_parts.shape[0]
         for p in prange(P):
             G = G_parts[p].reshape(Co, C * K * K)
             for b in range(p * B // P, (p + 1) * B // P):
                 t_j, d_j = t_out[b].reshape(Co, L), delta[b].reshape(Co, L)
                 steps, inputs, _ = _sorted_events(x[b].reshape(-1), T, 0)
-                start, f_t, f_r, f_i = _fields_by_position(steps, inputs, H, W, K)
+                start, f_t, f_r, f_i = _fields_by_position(steps, inputs, H, W, K, tables)
                 Db = D[b].reshape(-1) if want_D else D[0].reshape(-1)
                 for co in range(Co):
                     for l in range(L):
