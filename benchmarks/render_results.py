@@ -2,6 +2,9 @@
 
 Usage: python benchmarks/render_results.py
 
+It also rewrites the table between the ``<!-- reproduction:start/end -->`` markers of
+README.md.
+
 Every figure in the page comes from those two files, which the committed scripts
 ``benchmarks/reproduce.py`` and ``benchmarks/ablation.py`` write; nothing is typed in
 by hand except the published figures of the paper and its neighbours, quoted with
@@ -96,6 +99,32 @@ def plot_curves(runs: dict[str, dict]) -> bool:
     return True
 
 
+README = ROOT / "README.md"
+START, END = "<!-- reproduction:start -->", "<!-- reproduction:end -->"
+
+
+def update_readme(runs: dict[str, dict]) -> None:
+    """Replace the block between the reproduction markers of README.md with the accuracy table."""
+    text = README.read_text()
+    if START not in text or END not in text:
+        print(f"README.md has no {START} … {END} block; left unchanged", file=sys.stderr)
+        return
+    rows = ["| run | network | epochs | test accuracy (epoch chosen on validation) | paper / target | training time |",
+            "|---|---|---|---|---|---|"]
+    for name, (dataset, binary, target, _) in TARGETS.items():
+        r = runs.get(name)
+        if r is None:
+            rows.append(f"| {name} ({dataset}{', binary' if binary else ''}) | — | not run yet | — | {pct(target)} | — |")
+            continue
+        planned = f" of {r['epochs_planned']}" if r.get("epochs_planned") and r["epochs_planned"] != r["epochs"] else ""
+        rows.append(f"| {name} ({dataset}{', binary' if binary else ''}) | `{r['network']}` | {r['epochs']}{planned} | "
+                    f"{pct(r['test_accuracy'])} (epoch {r['best_epoch']}) | {pct(target)} | {r['train_seconds'] / 60:.0f} min on 2 cores |")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    README.write_text(head + START + "\n" + "\n".join(rows) + "\n" + END + tail)
+    print(f"updated {README}")
+
+
 def main() -> int:
     acc_path, abl_path = ROOT / "results" / "accuracy.json", ROOT / "results" / "ablation.json"
     runs = {r["name"]: r for r in json.loads(acc_path.read_text())["runs"]} if acc_path.exists() else {}
@@ -116,6 +145,7 @@ def main() -> int:
     lines += ablation_table(ablation)
     DOC.write_text("\n".join(lines) + "\n")
     print(f"wrote {DOC}")
+    update_readme(runs)
     return 0
 
 
