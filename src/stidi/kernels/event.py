@@ -526,8 +526,12 @@ def _prefer_lazy(x: np.ndarray, fan_out: int, n_out: int, T: int, tau: float) ->
 
 
 def _as_numpy(a: torch.Tensor) -> np.ndarray:
-    """A C-contiguous NumPy view of a CPU tensor (a copy only when it is not contiguous)."""
-    return np.ascontiguousarray(a.detach().cpu().numpy())
+    """A C-contiguous NumPy view of a CPU tensor (a copy only when it is not contiguous, or
+    not float32/float64: other dtypes are widened to float64 for the kernels)."""
+    a = a.detach().cpu()
+    if a.dtype not in (torch.float32, torch.float64):
+        a = a.double()
+    return np.ascontiguousarray(a.numpy())
 
 
 def _padded(t_in: torch.Tensor, padding: int) -> np.ndarray:
@@ -542,8 +546,8 @@ def _channels_last(weight: torch.Tensor) -> np.ndarray:
     It keeps its dtype (float32 weights are read as they are, half the memory traffic of
     a float64 copy); the kernels widen each weight to float64 exactly.
     """
-    w = weight.detach().cpu()
-    return np.ascontiguousarray((w.t() if w.dim() == 2 else w.permute(1, 2, 3, 0)).numpy())
+    w = weight.detach()
+    return _as_numpy(w.t() if w.dim() == 2 else w.permute(1, 2, 3, 0))
 
 
 def spike_times(t_in: torch.Tensor, weight: torch.Tensor, theta: float, T: int, tau: float, padding: int = 0) -> torch.Tensor:
@@ -568,7 +572,7 @@ def spike_times(t_in: torch.Tensor, weight: torch.Tensor, theta: float, T: int, 
             _conv_forward(xp, _channels_last(weight), theta, T, tau, out)
         else:
             _conv_forward_stepped(xp, np.ascontiguousarray(weight.detach().cpu().double().numpy()), theta, T, tau, out)
-    return torch.from_numpy(out)
+    return torch.from_numpy(out).to(t_in.dtype)
 
 
 def earliest_pool(t_in: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -578,7 +582,7 @@ def earliest_pool(t_in: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tenso
     out = np.empty((B, C, H // k, W // k), dtype=x.dtype)
     winner = np.empty(out.shape, dtype=np.int64)
     _earliest_pool(x, int(k), out, winner)
-    return torch.from_numpy(out), torch.from_numpy(winner)
+    return torch.from_numpy(out).to(t_in.dtype), torch.from_numpy(winner)
 
 
 def rule(
@@ -594,9 +598,9 @@ def rule(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Update direction and displacement at once (see :mod:`stidi.kernels.vectorised`).
 
-    Visits, per output position, only the inputs that fired before the latest output
-    with a nonzero ``δ``; every sum runs in float64. The displacement is ``None`` when not
-    needed (the first layer).
+    Pairs each output that has a nonzero ``δ`` only with the inputs of its receptive field
+    that fired before it (the only pairs that contribute); every sum runs in float64. The
+    displacement is ``None`` when not needed (the first layer).
     """
     _check_tau(tau)
     T, tau = int(T), float(tau)
