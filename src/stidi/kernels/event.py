@@ -44,48 +44,6 @@ except ImportError:  # pragma: no cover - exercised only without numba
 if AVAILABLE:
 
     @njit(cache=True, inline="always")
-    def _rate_and_lag(tau, T):
-        """Slope per unit weight of a rising PSP (``1/τ``, ``1/T`` for the ramp) and the
-        steps after which it stops rising (``τ``; 0 for the ramp, which never stops)."""
-        if math.isinf(tau):
-            return 1.0 / T, 0
-        return 1.0 / tau, int(tau)
-
-    @njit(cache=True)
-    def _events_by_time_with_ends(times, T, lag):
-        """Slope-change events per step: starts at ``t_i``, and for a finite τ ends at ``t_i + τ``.
-
-        Returns ``(offsets, inputs, signs)`` with events of step ``s`` at
-        ``offsets[s]:offsets[s+1]``; an event at ``s`` changes the slope from step ``s + 1`` on.
-        """
-        counts = np.zeros(T + 1, dtype=np.int64)
-        for i in range(times.size):
-            t = times[i]
-            if t < T:
-                counts[int(t) + 1] += 1
-                if lag > 0 and t + lag < T:
-                    counts[int(t) + lag + 1] += 1
-        for k in range(T):
-            counts[k + 1] += counts[k]
-        n = counts[T]
-        inputs = np.empty(n, dtype=np.int64)
-        signs = np.empty(n, dtype=np.float64)
-        fill = counts[:T].copy()
-        for i in range(times.size):
-            t = times[i]
-            if t < T:
-                j = int(t)
-                inputs[fill[j]] = i
-                signs[fill[j]] = 1.0
-                fill[j] += 1
-                if lag > 0 and t + lag < T:
-                    j = int(t) + lag
-                    inputs[fill[j]] = i
-                    signs[fill[j]] = -1.0
-                    fill[j] += 1
-        return counts, inputs, signs
-
-    @njit(cache=True, inline="always")
     def _scale_and_lag(tau, T):
         """``(scale, lag)``: ``u · scale = Σ_i w_i (t − t_i)`` on a rising PSP (``scale = τ``,
         ``T`` for the ramp), and the steps after which a PSP stops rising (``τ``; 0 for the ramp)."""
@@ -439,9 +397,11 @@ if AVAILABLE:
         """Time-stepped variant of :func:`_dense_forward`: ``u(t) = u(t − 1) + slope`` for every unfired neuron."""
         B, N = t_in.shape
         M = w_t.shape[1]
-        rate, lag = _rate_and_lag(tau, T)
+        scale, lag = _scale_and_lag(tau, T)
+        rate = 1.0 / scale
         for b in prange(B):
-            offsets, inputs, signs = _events_by_time_with_ends(t_in[b], T, lag)
+            steps, inputs, signs = _sorted_events(t_in[b], T, lag)
+            e = 0
             u = np.zeros(M)
             slope = np.zeros(M)
             fired = np.zeros(M, dtype=np.bool_)
@@ -449,11 +409,11 @@ if AVAILABLE:
             for m in range(M):
                 out[b, m] = np.inf
             for t in range(1, T + 1):
-                s = t - 1
-                for e in range(offsets[s], offsets[s + 1]):
+                while e < steps.size and steps[e] == t - 1:  # events of step t − 1 act from t on
                     i, sign = inputs[e], signs[e] * rate
                     for m in range(M):
                         slope[m] += sign * w_t[i, m]
+                    e += 1
                 for m in range(M):
                     if not fired[m]:
                         u[m] += slope[m]
@@ -484,20 +444,22 @@ if AVAILABLE:
         B, C, H, W = t_in.shape
         Co, _, K, _ = w.shape
         Ho, Wo = H - K + 1, W - K + 1
-        rate, lag = _rate_and_lag(tau, T)
+        scale, lag = _scale_and_lag(tau, T)
+        rate = 1.0 / scale
         for b in prange(B):
-            offsets, inputs, signs = _events_by_time_with_ends(t_in[b].ravel(), T, lag)
+            steps, inputs, signs = _sorted_events(t_in[b].reshape(-1), T, lag)
+            e = 0
             u = np.zeros((Co, Ho, Wo))
             slope = np.zeros((Co, Ho, Wo))
             fired = np.zeros((Co, Ho, Wo), dtype=np.bool_)
             remaining = Co * Ho * Wo
             out[b] = np.inf
             for t in range(1, T + 1):
-                s = t - 1
-                for e in range(offsets[s], offsets[s + 1]):
+                while e < steps.size and steps[e] == t - 1:  # events of step t − 1 act from t on
                     i = inputs[e]
                     c, rest = i // (H * W), i % (H * W)
                     _scatter_slope(slope, w, c, rest // W, rest % W, signs[e] * rate, K, Ho, Wo)
+                    e += 1
                 for co in range(Co):
                     for oy in range(Ho):
                         for ox in range(Wo):
