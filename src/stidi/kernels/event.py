@@ -2,24 +2,23 @@
 
 Each input neuron spikes at most once and the PSP is piecewise linear, so between input
 events a neuron's potential is a straight line. With ``scale = τ`` (``T`` for the ramp),
+an input spiking at ``t_i`` adds ``w (t − t_i)`` to ``u · scale`` while its PSP rises:
+a start event at ``t_i`` adds ``w`` to the slope ``S1`` and, for a finite τ, an end event
+at ``t_i + τ`` takes it off again. Events change the slope only; ``V = u · scale`` is
+continuous. The engine sorts each sample's events by step (counting sort) and keeps
+``(V, S1)`` per neuron, brought forward lazily: only when an event reaches a neuron is it
+advanced, ``V += S1 · (s − a)``, from the step ``a`` of its last event. A neuron can only
+cross threshold on that segment, and does so iff it is above threshold at its end; the
+crossing step then follows from one division, corrected by exact comparisons. Work per
+sample: ``events × fan-out`` slope updates plus one advance per (neuron, distinct event
+step it sees) — independent of ``T`` — instead of the ``T`` full convolutions of a
+time-stepped simulation. All inner loops run over the output channels, branch-free
+(channels-last weights), so they vectorise.
 
-    u(t) · scale = Σ_{events e before t} σ_e w_e (t − s_e) = t · S1 − S2,
-    S1 = Σ σ_e w_e,  S2 = Σ σ_e w_e s_e,
-
-where an input spiking at ``t_i`` contributes a start event (``s_e = t_i``, ``σ_e = +1``)
-and, for a finite τ, an end event (``s_e = t_i + τ``, ``σ_e = −1``). The engine sorts each
-sample's events by step (counting sort) and keeps ``(S1, S2)`` per neuron. A neuron can
-only cross threshold on the segment before its next event, and it does so iff it is
-above threshold at that event's step; the crossing step then follows from one division,
-corrected by exact comparisons. Work per sample: ``events × fan-out`` updates plus one
-check per (neuron, distinct event step it sees) — independent of ``T`` — instead of the
-``T`` full convolutions of a time-stepped simulation. All inner loops run over the
-output channels, branch-free (channels-last weights), so they vectorise.
-
-The learning rule pairs, at every output position, each input event with the outputs
-that have a nonzero ``δ`` and fired after it — the only pairs that contribute — using
-the same time-sorted events as the forward pass, and writes the displacement straight
-into input coordinates (no unfold/fold).
+The learning rule pairs each output with a nonzero ``δ`` only with the inputs of its
+receptive field that fired before it — the only pairs that contribute — using the same
+time-sorted events as the forward pass, and writes the displacement straight into input
+coordinates (no unfold/fold).
 
 The functions mirror :mod:`stidi.kernels.vectorised` and take/return torch tensors;
 ``τ`` must be an integer number of steps or ``inf``. Potentials and sums run in float64:
@@ -86,45 +85,49 @@ if AVAILABLE:
         return steps, inputs, signs
 
     @njit(cache=True, inline="always")
-    def _crossing_step(a, s, k, c, thr):
-        """First integer ``m`` in ``(a, s]`` with ``m k − c ≥ thr``, given that it holds at ``s`` and not at ``a``.
-
-        ``m = ceil((thr + c) / k)``, then corrected by the exact comparisons themselves so that
-        rounding in the division can never shift it.
+    def _crossing_step(a, s, k, v, thr):
+        """First integer ``m`` in ``(a, s]`` with ``v − k (s − m) ≥ thr``, given ``v ≥ thr`` (the
+        value at ``s``) and a value below ``thr`` at ``a``: ``m = s − floor((v − thr) / k)``,
+        then corrected by the comparisons themselves so that rounding in the division can
+        never shift it.
         """
         m = s
         if k > 0.0:
-            q = math.ceil((thr + c) / k)  # clamped before the integer conversion: k may be tiny
-            if q <= a + 1:
+            q = math.floor((v - thr) / k)  # clamped before the integer conversion: k may be tiny
+            if q >= s - a - 1:
                 m = a + 1
-            elif q < s:
-                m = int(q)
-        while m > a + 1 and (m - 1) * k - c >= thr:
+            elif q > 0:
+                m = s - int(q)
+        while m > a + 1 and v - k * (s - m + 1) >= thr:
             m -= 1
-        while m < s and m * k - c < thr:
+        while m < s and v - k * (s - m) < thr:
             m += 1
         return m
 
     @njit(cache=True, inline="always")
-    def _check_crossings(s, a, S1, S2, p, thr, fired, remaining):
-        """Fire every neuron whose potential reaches threshold in ``(a, s]``; returns how many remain.
+    def _check_crossings(s, a, S1, V, p, thr, fired, remaining):
+        """Bring the neurons of position ``p`` from step ``a`` to ``s`` and fire those that reach
+        threshold on the way; returns how many remain.
 
-        Between slope changes ``u · scale = t · S1 − S2`` is linear in ``t`` and was below
-        ``thr = θ · scale`` at ``a``, so a neuron crosses in ``(a, s]`` iff it is above at ``s``.
-        A neuron that fired gets ``S2 = +inf``: it can never cross again, and the loops stay
+        Between slope changes ``u · scale`` is linear: ``V(s) = V(a) + S1 (s − a)``, below
+        ``thr = θ · scale`` at ``a``, so a neuron crosses in ``(a, s]`` iff ``V(s) ≥ thr``.
+        A neuron that fired gets ``V = −inf``: it can never cross again, and the loops stay
         branch-free (vectorised over the channels). The state of position ``p`` is row ``p``
-        of ``S1``, ``S2`` and ``fired`` (indexed, not sliced: no array views in hot loops).
+        of ``S1``, ``V`` and ``fired``.
         """
         Co = S1.shape[1]
+        dt = float(s - a)
         hits = 0
         for co in range(Co):
-            hits += s * S1[p, co] - S2[p, co] >= thr
+            v = V[p, co] + S1[p, co] * dt
+            V[p, co] = v
+            hits += v >= thr
         if hits == 0:
             return remaining
         for co in range(Co):
-            if s * S1[p, co] - S2[p, co] >= thr:
-                fired[p, co] = _crossing_step(a, s, S1[p, co], S2[p, co], thr)
-                S2[p, co] = np.inf
+            if V[p, co] >= thr:
+                fired[p, co] = _crossing_step(a, s, S1[p, co], V[p, co], thr)
+                V[p, co] = -np.inf
                 remaining -= 1
         return remaining
 
@@ -133,8 +136,8 @@ if AVAILABLE:
         """``t_in (B, N)``, ``w_t (N, M)`` (transposed weight), ``out (B, M)`` filled with times.
 
         Every output sees every event: the sample's sorted events drive the ``M`` neurons at
-        once; crossings are checked once per distinct event step (and at ``T``), and the
-        scan stops when every neuron fired.
+        once; they are advanced (and checked for crossings) once per distinct event step
+        and at ``T``, and the scan stops when every neuron fired.
         """
         B = t_in.shape[0]
         M = w_t.shape[1]
@@ -142,20 +145,20 @@ if AVAILABLE:
         thr = theta * scale
         for b in prange(B):
             steps, inputs, signs = _sorted_events(t_in[b], T, lag)
-            S1, S2 = np.zeros((1, M)), np.zeros((1, M))
+            S1, V = np.zeros((1, M)), np.zeros((1, M))
             fired = np.full((1, M), -1, dtype=np.int64)
             remaining, prev = M, -1
             for e in range(steps.size):
                 s = steps[e]
                 if s > prev:
                     if prev >= 0:
-                        remaining = _check_crossings(s, prev, S1, S2, 0, thr, fired, remaining)
+                        remaining = _check_crossings(s, prev, S1, V, 0, thr, fired, remaining)
                         if remaining == 0:
                             break
                     prev = s
-                _add_event(S1, S2, 0, w_t, inputs[e], signs[e], float(s))
+                _add_event(S1, 0, w_t, inputs[e], signs[e])
             if remaining > 0 and prev >= 0:
-                _check_crossings(T, prev, S1, S2, 0, thr, fired, remaining)
+                _check_crossings(T, prev, S1, V, 0, thr, fired, remaining)
             for m in range(M):
                 out[b, m] = fired[0, m] if fired[0, m] >= 0 else np.inf
 
@@ -197,13 +200,11 @@ if AVAILABLE:
         return nb
 
     @njit(cache=True, inline="always")
-    def _add_event(S1, S2, p, w2, r, sign, sf):
-        """Slope change of one event at step ``sf`` at position ``p`` through weight row ``r``:
-        ``S1 += σ w``, ``S2 += σ w s`` (vectorised over channels)."""
+    def _add_event(S1, p, w2, r, sign):
+        """Slope change of one event at position ``p`` through weight row ``r``: ``S1 += σ w``
+        (vectorised over channels; ``V`` is continuous at the event's step)."""
         for co in range(S1.shape[1]):
-            d = sign * w2[r, co]
-            S1[p, co] += d
-            S2[p, co] += d * sf
+            S1[p, co] += sign * w2[r, co]
 
     @njit(parallel=True, cache=True)
     def _conv_forward(t_in, w, theta, T, tau, out):
@@ -211,10 +212,10 @@ if AVAILABLE:
 
         One output row at a time: the events of the input rows it sees (its row band, in
         time order) are dealt to the ``≤ K`` positions of the row they reach. Each position
-        keeps the ``(S1, S2)`` of its ``Co`` neurons and the step of the last event that
-        reached it, and checks crossings (over all its channels at once) whenever a later
-        event arrives. Positions whose neurons all fired are skipped; the row ends when
-        all have.
+        keeps the ``(V, S1)`` of its ``Co`` neurons and the step of the last event that
+        reached it, and is advanced (all its channels at once, checking for crossings)
+        whenever a later event arrives. Positions whose neurons all fired are skipped; the
+        row ends when all have.
         """
         B, C, H, W = t_in.shape
         _, K, _, Co = w.shape
@@ -228,7 +229,7 @@ if AVAILABLE:
             n = steps.size
             ys, xs, base = _event_coordinates(inputs, tables)
             band = np.empty(n + 1, dtype=np.int64)
-            S1, S2 = np.zeros((Wo, Co)), np.zeros((Wo, Co))
+            S1, V = np.zeros((Wo, Co)), np.zeros((Wo, Co))
             fired = np.full((Wo, Co), -1, dtype=np.int64)
             prev = np.full(Wo, -1, dtype=np.int64)
             remaining = np.full(Wo, Co, dtype=np.int64)
@@ -244,12 +245,12 @@ if AVAILABLE:
                             continue
                         if s > prev[ox]:
                             if prev[ox] >= 0:
-                                remaining[ox] = _check_crossings(s, prev[ox], S1, S2, ox, thr, fired, remaining[ox])
+                                remaining[ox] = _check_crossings(s, prev[ox], S1, V, ox, thr, fired, remaining[ox])
                                 if remaining[ox] == 0:
                                     left -= 1
                                     continue
                             prev[ox] = s
-                        _add_event(S1, S2, ox, w2, row0 - ox, sign, float(s))
+                        _add_event(S1, ox, w2, row0 - ox, sign)
                     if left == 0:
                         break
                 for ox in range(Wo):
@@ -258,10 +259,10 @@ if AVAILABLE:
                             out[b, co, oy, ox] = np.inf
                         continue
                     if remaining[ox] > 0:
-                        _check_crossings(T, prev[ox], S1, S2, ox, thr, fired, remaining[ox])
+                        _check_crossings(T, prev[ox], S1, V, ox, thr, fired, remaining[ox])
                     for co in range(Co):
                         out[b, co, oy, ox] = fired[ox, co] if fired[ox, co] >= 0 else np.inf
-                        S1[ox, co], S2[ox, co], fired[ox, co] = 0.0, 0.0, -1
+                        S1[ox, co], V[ox, co], fired[ox, co] = 0.0, 0.0, -1
                     prev[ox], remaining[ox] = -1, Co
 
     #: Float flags of the learning-rule kernels: sums may be reassociated (so that they
