@@ -357,21 +357,33 @@ if AVAILABLE:
 
     @njit(parallel=True, cache=True, fastmath=RULE_MATH)
     def _dense_rule(x, t_out, delta, w, use_slope, tau, T, want_D, G_parts, D):
-        """:func:`_conv_rule` for a dense layer: ``x (B, N)``, ``t_out``/``delta (B, M)``, ``w (M, N)``,
-        ``G_parts (P, M, N)``, ``D (B, N)``."""
-        B = x.shape[0]
+        """The rule of a dense layer: ``x (B, N)``, ``t_out``/``delta (B, M)``, ``w (M, N)``,
+        ``G_parts (P, M, N)``, ``D (B, N)``.
+
+        Every output sees every input, so each output with a nonzero ``δ`` sweeps all inputs
+        in one branch-free, vectorised loop over contiguous rows; inputs that fired later
+        (or never: ``t = inf``) contribute ``max(t_j − t_i, 0) = 0`` and a zero gate.
+        """
+        B, N = x.shape
         M = w.shape[0]
         P = G_parts.shape[0]
         for p in prange(P):
             G = G_parts[p]
             for b in range(p * B // P, (p + 1) * B // P):
-                steps, inputs, _ = _sorted_events(x[b], T, 0)
-                f_t = steps.astype(np.float64)
-                Db = D[b] if want_D else D[0]
+                xb, Db = x[b], D[b] if want_D else D[0]
                 for j in range(M):
-                    if delta[b, j] != 0.0:
-                        _output_pairs(j, float(t_out[b, j]), float(delta[b, j]), f_t, inputs, inputs, 0, steps.size,
-                                      w, G, Db, tau, use_slope, tau, want_D)
+                    d, tj = float(delta[b, j]), float(t_out[b, j])
+                    if d == 0.0:
+                        continue
+                    Gj, wj = G[j], w[j]
+                    for i in range(N):
+                        s = tj - xb[i]
+                        Gj[i] += d * min(max(s, 0.0), tau)
+                    if want_D:
+                        for i in range(N):
+                            s = tj - xb[i]
+                            g = 1.0 if (s > 0.0 and (s < tau or not use_slope)) else 0.0
+                            Db[i] += d * wj[i] * g
 
     @njit(parallel=True, cache=True)
     def _earliest_pool(t_in, k, out, winner):
