@@ -21,6 +21,7 @@ from stidi.kernels import event, reference, vectorised
 TAUS = [1.0, 2.0, 4.0, 8.0, math.inf]
 ENGINES = ["vectorised"] + (["event-lazy", "event-stepped"] if event.AVAILABLE else [])
 RULE_ENGINES = ["vectorised"] + (["event"] if event.AVAILABLE else [])
+CONV_RULE_ENGINES = ["vectorised"] + (["event-lists", "event-sweep"] if event.AVAILABLE else [])
 
 
 @st.composite
@@ -75,9 +76,17 @@ def _sparse_delta(shape, seed, zero_fraction):
 
 
 def _engine_rule(name, t_in, t_out, delta, w, gate, T, tau, padding=0):
+    """Update direction and displacement from one engine; the event engine's two convolution
+    kernels are each forced in turn."""
     args = [torch.tensor(a, dtype=torch.float64) for a in (t_in, t_out, delta, w)]
-    if name == "event":
-        G, D = event.rule(*args, gate, T, tau, padding)
+    if name.startswith("event"):
+        chooser = event._prefer_sweep
+        if name != "event":
+            event._prefer_sweep = lambda *a: name == "event-sweep"
+        try:
+            G, D = event.rule(*args, gate, T, tau, padding)
+        finally:
+            event._prefer_sweep = chooser
     else:
         G = vectorised.update_direction(*args, T, tau, padding)
         D = vectorised.displacement(*args, gate, T, tau, padding)
@@ -100,7 +109,7 @@ def test_dense_spike_times_match_reference(engine, case):
     np.testing.assert_array_equal(_engine_times(engine, t_in, w, theta, T, tau), expected)
 
 
-@pytest.mark.parametrize("engine", RULE_ENGINES)
+@pytest.mark.parametrize("engine", CONV_RULE_ENGINES)
 @pytest.mark.parametrize("gate", ["mask", "slope"])
 @given(case=conv_case(), seed=st.integers(0, 1000), zeros=st.sampled_from([0.0, 0.5, 0.9]))
 def test_conv_rule_matches_reference(engine, gate, case, seed, zeros):
@@ -133,10 +142,16 @@ def test_event_rule_in_float32_without_displacement(case, seed):
     t_out = np.minimum(reference.spike_times_conv(t_in, w, theta, T, tau, padding), T)
     delta = _sparse_delta(t_out.shape, seed, 0.5).astype(np.float32)
     args = [torch.tensor(a, dtype=torch.float32) for a in (t_in, t_out, delta, w)]
-    G, D = event.rule(*args, "mask", T, tau, padding, need_displacement=False)
-    assert D is None and G.dtype == torch.float32
     expected = reference.update_conv(t_in, t_out, delta.astype(np.float64), w.shape[-1], tau, T, padding)
-    np.testing.assert_allclose(G.numpy(), expected, rtol=1e-6, atol=1e-6)
+    chooser = event._prefer_sweep
+    try:
+        for sweep in (False, True):
+            event._prefer_sweep = lambda *a: sweep
+            G, D = event.rule(*args, "mask", T, tau, padding, need_displacement=False)
+            assert D is None and G.dtype == torch.float32
+            np.testing.assert_allclose(G.numpy(), expected, rtol=1e-6, atol=1e-6)
+    finally:
+        event._prefer_sweep = chooser
 
 
 POOL_ENGINES = ["vectorised"] + (["event"] if event.AVAILABLE else [])
