@@ -110,27 +110,30 @@ class Context:
                              "from the last checkpoint")
 
     def reduce_step(self, directions: list[torch.Tensor], times: list[torch.Tensor], share: int, batch: int,
-                    correct: int, stop: bool, where: str) -> tuple[list[torch.Tensor], int, bool]:
+                    correct: int, stop: bool, where: str, dtype: torch.dtype = torch.float32,
+                    ) -> tuple[list[torch.Tensor], int, bool]:
         """Batch-mean directions of the global batch, its correct count and whether any rank asked to stop.
 
         ``directions`` are the batch means over this rank's ``share`` of the ``batch``
-        images; each is rescaled to ``sum over the share / batch`` and summed over the
-        ranks in one ``all_reduce`` (the counts ride along at the end of the buffer).
+        images. Each is turned back into the share's sum, summed over the ranks in
+        float64 in one ``all_reduce`` (the counts ride along at the end of the buffer),
+        rounded to ``dtype`` and divided by ``batch`` in ``dtype``, as one process divides
+        its sum. The result equals one process's direction up to float32 rounding: each
+        rank's sum was rounded once more than one process's.
         NaN spike times here (``times``) make this rank's contribution NaN, so that every
         rank sees a non-finite update and stops at the same step.
         """
         if not self.active:
             return directions, correct, stop
-        dtype = directions[0].dtype
-        scale = share / batch if share else 0.0
-        parts = [(g * scale if share else torch.zeros_like(g)).reshape(-1) for g in directions]
-        if any(torch.isnan(t).any() for t in times[1:]):
-            parts = [torch.full_like(p, float("nan")) for p in parts]
-        flags = torch.tensor([correct, 1.0 if stop else 0.0], dtype=dtype)
+        nan = any(torch.isnan(t).any() for t in times[1:])
+        parts = [(torch.full(g.shape, float("nan"), dtype=torch.float64) if nan else
+                  g.double() * share if share else torch.zeros(g.shape, dtype=torch.float64)).reshape(-1)
+                 for g in directions]
+        flags = torch.tensor([correct, 1.0 if stop else 0.0], dtype=torch.float64)
         total = self.all_reduce_sum(torch.cat([*parts, flags]), f"summing the update of {where}")
         out, offset = [], 0
         for g in directions:
-            out.append(total[offset : offset + g.numel()].reshape(g.shape).to(g.dtype))
+            out.append(total[offset : offset + g.numel()].reshape(g.shape).to(dtype) / batch)
             offset += g.numel()
         return out, int(round(float(total[-2]))), float(total[-1]) > 0
 

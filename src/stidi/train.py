@@ -320,7 +320,8 @@ class Trainer:
             share = self.dist.shard(idx)  # all of idx with one process
             directions, trace, hits = self._directions(share)
             directions, hits, stop = self.dist.reduce_step(directions, trace.times, len(share), len(idx), hits,
-                                                           self.stop_signal is not None, f"step {step + 1} of epoch {epoch + 1}")
+                                                           self.stop_signal is not None, f"step {step + 1} of epoch {epoch + 1}",
+                                                           net.weights[0].dtype)
             if stop and self.stop_signal is None:  # another rank was asked to stop: stop at the same step
                 self.stop_signal = signal.SIGTERM
             correct += hits
