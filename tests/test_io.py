@@ -56,3 +56,21 @@ def test_corrupt_or_mismatched_files_are_refused(tmp_path):
     side.unlink()
     with pytest.raises(ModelFileError, match="missing"):
         load_model(path)
+
+
+def test_a_safetensors_file_whose_header_length_starts_with_0x80_is_not_taken_for_a_pickle(tmp_path):
+    from safetensors.torch import save as st_save
+
+    from stidi.io import load_tensors, save_tensors
+
+    for pad in range(300):  # find a tensor name that makes the header length ≡ 0x80 (mod 256)
+        tensors = {"x" * (pad + 1): torch.zeros(2)}
+        if st_save(tensors)[0] == 0x80:
+            break
+    else:
+        pytest.fail("no header length with low byte 0x80 found")
+    path = tmp_path / "m.safetensors"
+    save_tensors(path, tensors, {})
+    assert path.read_bytes()[:1] == b"\x80"
+    loaded, _ = load_tensors(path)
+    assert torch.equal(loaded["x" * (pad + 1)], torch.zeros(2))

@@ -74,6 +74,18 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], info: dict)
     atomic_write_json(sidecar(path), {**info, "format": FORMAT, "sha256": hashlib.sha256(blob).hexdigest()})
 
 
+def _looks_like_safetensors(blob: bytes) -> bool:
+    """A safetensors file starts with its JSON header's length (u64, little-endian) and the header's ``{``.
+
+    (Checked before the pickle test: a header length whose low byte is ``0x80`` makes a
+    safetensors file start with the same byte as a pickle.)
+    """
+    if len(blob) < 10:
+        return False
+    n = int.from_bytes(blob[:8], "little")
+    return 8 + n <= len(blob) and blob[8:9] == b"{"
+
+
 def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     """Read a safetensors file and its sidecar, verifying format and checksum."""
     path = Path(path)
@@ -83,7 +95,7 @@ def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
         blob = path.read_bytes()
     except FileNotFoundError:
         raise ModelFileError(f"{path}: no such model file; pass a .safetensors file or a run directory containing model.safetensors") from None
-    if blob[:2] == b"\x80\x02" or blob[:1] == b"\x80" or path.suffix in (".pt", ".pth", ".pkl", ".ckpt"):
+    if not _looks_like_safetensors(blob) and (blob[:1] == b"\x80" or path.suffix in (".pt", ".pth", ".pkl", ".ckpt")):
         raise ModelFileError(f"{path}: looks like a pickle file; stidi loads only safetensors + JSON (pickles can run code)")
     try:
         info = json.loads(sidecar(path).read_text(encoding="utf-8"))
