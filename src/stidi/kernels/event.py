@@ -275,18 +275,27 @@ if AVAILABLE:
         position ``l = oy · Wo + ox`` owns entries ``start[l] : start[l + 1]`` of
         ``(step, weight column (c · K + ky) · K + kx, input index)``.
 
-        The sample's sorted events are dealt, row band by row band, to the ``≤ K × K``
-        positions they reach (a counting pass, then a filling pass), so every list keeps
+        The list lengths are box sums of the events per input location; the sample's sorted
+        events are then dealt to the ``≤ K × K`` positions they reach, so every list keeps
         the time order.
         """
         n = steps.size
         Ho, Wo = H - K + 1, W - K + 1
         ys, xs, base = _event_coordinates(inputs, tables)
-        start = np.zeros(Ho * Wo + 1, dtype=np.int64)
+        # events per input location, then K × K box sums (rows, then columns): events per field
+        grid = np.zeros((H, W), dtype=np.int64)
         for e in range(n):
-            for oy in range(max(0, ys[e] - K + 1), min(Ho, ys[e] + 1)):
-                for ox in range(max(0, xs[e] - K + 1), min(Wo, xs[e] + 1)):
-                    start[oy * Wo + ox + 1] += 1
+            grid[ys[e], xs[e]] += 1
+        rows = np.zeros((H, Wo), dtype=np.int64)
+        for y in range(H):
+            for ox in range(Wo):
+                for kx in range(K):
+                    rows[y, ox] += grid[y, ox + kx]
+        start = np.zeros(Ho * Wo + 1, dtype=np.int64)
+        for oy in range(Ho):
+            for ox in range(Wo):
+                for ky in range(K):
+                    start[oy * Wo + ox + 1] += rows[oy + ky, ox]
         for l in range(Ho * Wo):
             start[l + 1] += start[l]
         fill = start[: Ho * Wo].copy()
