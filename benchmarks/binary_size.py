@@ -52,7 +52,7 @@ def main() -> int:
     synapses = sum(w.numel() for w in net.weights)
     result = {"network": args.network, "synapses": synapses, "real_bytes": sizes["real"], "binary_bytes": sizes["binary"],
               "ratio": round(sizes["real"] / sizes["binary"], 2), "identical_predictions_after_reload": same,
-              "command": "python benchmarks/binary_size.py " + " ".join(sys.argv[1:]),
+              "command": " ".join(["python benchmarks/binary_size.py", *sys.argv[1:]]),
               "commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()}
     out = ROOT / "results" / "binary-size.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
