@@ -174,3 +174,27 @@ def test_killed_rank_fails_fast_and_resume_finishes(tmp_path, two_processes):
     for key in uninterrupted:
         torch.testing.assert_close(resumed[key], uninterrupted[key], rtol=1e-5, atol=1e-6)
     assert _metrics(out) == _metrics(reference)
+
+
+def test_sigterm_to_torchrun_stops_every_rank_after_the_same_step(tmp_path, two_processes):
+    out = tmp_path / "run"
+    agent = subprocess.Popen(_torchrun(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    ckpt, seen, last, sent = out / "checkpoint.json", 0, None, False
+    deadline = time.time() + 300
+    while agent.poll() is None and time.time() < deadline and not sent:
+        if ckpt.exists() and ckpt.stat().st_mtime_ns != last:
+            seen, last = seen + 1, ckpt.stat().st_mtime_ns
+            if seen >= 2:
+                agent.send_signal(signal.SIGTERM)  # torchrun forwards it to every rank
+                sent = True
+        time.sleep(0.005)
+    _, stderr = agent.communicate(timeout=300)
+    assert sent, "the run finished before it could be stopped:\n" + stderr[-2000:]
+    stops = [line for line in stderr.splitlines() if line.startswith("stidi: interrupted by SIGTERM")]
+    assert len(stops) == 2 and stops[0] == stops[1], stderr[-3000:]
+    partial = json.loads(ckpt.read_text())["partial"]
+    assert f"after step {partial['step']} of epoch {partial['epoch'] + 1}" in stops[0]
+
+    _run(_torchrun(out, "--resume"))
+    reference, _ = two_processes
+    assert _metrics(out) == _metrics(reference)

@@ -319,11 +319,10 @@ class Trainer:
             idx = order[step * t.batch_size : (step + 1) * t.batch_size]
             share = self.dist.shard(idx)  # all of idx with one process
             directions, trace, hits = self._directions(share)
-            directions, hits, stop = self.dist.reduce_step(directions, trace.times, len(share), len(idx), hits,
-                                                           self.stop_signal is not None, f"step {step + 1} of epoch {epoch + 1}",
-                                                           net.weights[0].dtype)
-            if stop and self.stop_signal is None:  # another rank was asked to stop: stop at the same step
-                self.stop_signal = signal.SIGTERM
+            asked = self.stop_signal  # with several ranks a later signal counts at the next step, on every rank
+            directions, hits, agreed = self.dist.reduce_step(directions, trace.times, len(share), len(idx), hits,
+                                                             asked is not None, f"step {step + 1} of epoch {epoch + 1}",
+                                                             net.weights[0].dtype)
             correct += hits
             self._step(directions, trace, epoch, step)
             done = step + 1
@@ -331,11 +330,12 @@ class Trainer:
             if bar is not None:
                 bar.update(len(idx))
                 bar.set_postfix(acc=f"{correct / min(done * t.batch_size, len(data)):.3f}")
-            if self.stop_signal is not None:
+            stop = self.stop_signal if not self.dist.active else (asked or signal.SIGTERM) if agreed else None
+            if stop is not None:
                 self.save_checkpoint()
-                name = signal.Signals(self.stop_signal).name
+                name = signal.Signals(stop).name
                 raise TrainingInterrupted(f"{name}: checkpoint saved after step {done} of epoch {epoch + 1} "
-                                          f"in {self.out}; continue with --resume", self.stop_signal)
+                                          f"in {self.out}; continue with --resume", stop)
             if t.checkpoint_every and done % t.checkpoint_every == 0 and done < steps:
                 self.save_checkpoint()
         if bar is not None:
