@@ -146,7 +146,7 @@ class Network(nn.Module):
         """Output times of layer ``index`` (and pooling winners, for a pooling layer)."""
         layer = self.layers[index]
         if isinstance(layer, Pool):
-            return engine.earliest_pool(t_in, layer.kernel)
+            return kernels.earliest_pool(t_in, layer.kernel)
         w = self.weight_of(index) if weight is None else weight
         x, padding = self.layer_operands(index, t_in)
         return kernels.spike_times(x, w, self.threshold_of(index), self.T, self.tau, padding), None
