@@ -25,7 +25,7 @@ import pickle
 import re
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import torch
 
@@ -35,6 +35,7 @@ from .errors import StidiError
 DEFAULT_TIMEOUT_S = 600.0
 ENV_TIMEOUT = "STIDI_DIST_TIMEOUT"
 ENV_BACKEND = "STIDI_DIST_BACKEND"
+T = TypeVar("T")
 
 
 class PeerLostError(StidiError):
@@ -142,6 +143,18 @@ class Context:
         if not self.active:
             return values
         return self.all_reduce_sum(torch.tensor(values, dtype=torch.float64), what).tolist()
+
+    def local_first(self, load: Callable[[], T], what: str) -> T:
+        """``load()`` on each machine's first rank, then on the others (e.g. a dataset that
+        may have to be fetched into a cache they share: one fetch per machine, no race)."""
+        if not self.active:
+            return load()
+        if self.local_rank == 0:
+            result = load()
+            self.barrier(what)
+            return result
+        self.barrier(what)
+        return load()
 
     def barrier(self, what: str) -> None:
         """Wait for every rank (used before a run ends so none exits while others still write)."""

@@ -427,7 +427,9 @@ def train(
     try:
         if not dist.is_writer:
             progress, log = False, lambda message: None
-        trainer = Trainer(config, out_dir, data if data is not None else builtin_data(config, log), progress, log, dist)
+        if data is None:  # fetched (if need be) by one rank per machine before the others read the cache
+            data = dist.local_first(lambda: builtin_data(config, log), "loading the dataset")
+        trainer = Trainer(config, out_dir, data, progress, log, dist)
         if dist.broadcast(resume and trainer.ckpt.exists(), "agreeing on --resume"):
             trainer.resume()
         else:
