@@ -61,8 +61,9 @@ def ablation_table(ablation: dict) -> list[str]:
         if r["budget"] not in budgets:
             budgets.append(r["budget"])
     for b in budgets:
-        out += [f"Budget: `{b['network']}`, first {b['images']:,} MNIST training images, {b['epochs']} epochs; "
-                "test accuracy on the full 10,000-image test set after the last epoch, mean ± std over seeds.", "",
+        base = f"`{b['base']}`" if b.get("base") else "the default configuration (`src/stidi/config.py`)"
+        out += [f"Budget: `{b['network']}`, first {b['images']:,} MNIST training images, {b['epochs']} epochs, starting from "
+                f"{base}; test accuracy on the full 10,000-image test set after the last epoch, mean ± std over seeds.", "",
                 "| variant | seeds | test accuracy | hidden firing fraction | seconds per run |", "|---|---|---|---|---|"]
         for r in (r for r in rows if r["budget"] == b):
             out.append(f"| {r['variant']} | {r['seeds']} | {100 * r['mean']:.2f} ± {100 * r['std']:.2f} % | "
@@ -109,16 +110,7 @@ def update_readme(runs: dict[str, dict]) -> None:
     if START not in text or END not in text:
         print(f"README.md has no {START} … {END} block; left unchanged", file=sys.stderr)
         return
-    rows = ["| run | network | epochs | test accuracy (epoch chosen on validation) | paper / target | training time |",
-            "|---|---|---|---|---|---|"]
-    for name, (dataset, binary, target, _) in TARGETS.items():
-        r = runs.get(name)
-        if r is None:
-            rows.append(f"| {name} ({dataset}{', binary' if binary else ''}) | — | not run yet | — | {pct(target)} | — |")
-            continue
-        planned = f" of {r['epochs_planned']}" if r.get("epochs_planned") and r["epochs_planned"] != r["epochs"] else ""
-        rows.append(f"| {name} ({dataset}{', binary' if binary else ''}) | `{r['network']}` | {r['epochs']}{planned} | "
-                    f"{pct(r['test_accuracy'])} (epoch {r['best_epoch']}) | {pct(target)} | {r['train_seconds'] / 60:.0f} min on 2 cores |")
+    rows = accuracy_table(runs)
     head, rest = text.split(START, 1)
     _, tail = rest.split(END, 1)
     README.write_text(head + START + "\n" + "\n".join(rows) + "\n" + END + tail)
