@@ -106,9 +106,10 @@ def main() -> int:
     train_set, test_set = Dataset(x_train[: args.images], y_train[: args.images]), Dataset(x_test, y_test)
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     data = load()
-    for name in args.variants or list(VARIANTS):
-        overrides, _ = VARIANTS[name]
-        for seed in range(args.seeds):
+    # seeds outermost: an interrupted ablation has every variant at one seed before any at two
+    for seed in range(args.seeds):
+        for name in args.variants or list(VARIANTS):
+            overrides, _ = VARIANTS[name]
             if any(r["variant"] == name and r["seed"] == seed and r["budget"] == budget for r in data["runs"]):
                 continue
             config = load_config(None, merge(merge(base, overrides), {"train": {"seed": seed}}))
@@ -120,6 +121,7 @@ def main() -> int:
                                  "firing_fraction": last["test_firing_fraction"], "train_seconds": round(time.time() - start, 1),
                                  "config": config.to_dict(), "commit": commit,
                                  "command": "python benchmarks/ablation.py " + " ".join(sys.argv[1:])})
+            data["summary"] = summary(data)
             save(data)
             print(f"{name} seed {seed}: test accuracy {last['test_accuracy']:.4f} ({time.time() - start:.0f} s)", flush=True)
     data["summary"] = summary(data)
