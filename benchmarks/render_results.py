@@ -127,7 +127,10 @@ def main() -> int:
              "Each run's exact command, config file, git commit and log are in its JSON entry.", "",
              "## Accuracy against the paper", "",
              "Test accuracy is measured on the full official 10,000-image test set, at the epoch with the best accuracy on a",
-             "validation split carved from the end of the training set (never chosen on the test set).", ""]
+             "validation split carved from the end of the training set (never chosen on the test set).",
+             "Training time is the sum of the epochs' wall-clock time as logged; runs that shared the 2 cores with other jobs",
+             "took several times longer than on a quiet machine (each run's log has the images/s of every epoch, and",
+             "[performance.md](performance.md) the speed of a quiet one).", ""]
     lines += accuracy_table(runs)
     if plot_curves(runs):
         lines += ["", f"![learning curves](images/{CURVES.name})"]
@@ -140,8 +143,9 @@ def main() -> int:
               "training choices are fields of its config in `benchmarks/configs/`: Adam with per-layer learning rates "
               "relative to each layer's initial weight spread, a cosine schedule, batch 32, initialisation calibrated so "
               "that 30 % of each layer's driven neurons fire, and the last 5,000 training images held out for choosing "
-              "the epoch. Runs resume from `results/runs/NAME/` (checkpoints are committed so a run can be continued "
-              "later with the same command); a run that spans several invocations lists every commit it ran on.", "",
+              "the epoch. Runs resume from `results/runs/NAME/` (an unfinished run's checkpoint is committed with it, so "
+              "it can be continued later with the same command); a run that spans several invocations lists every "
+              "commit it ran on.", "",
               "Published neighbours (from their papers): S4NN 784-400-10 97.4 % (MNIST); BS4NN (binary) 97.0 % MNIST, "
               "87.3 % Fashion-MNIST; the best published TTFS CNNs ≈ 99.5 % MNIST / 93.1 % Fashion-MNIST.", "",
               "## Ablation of the rule's options", ""]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -19,27 +20,18 @@ from .kernels import vectorised as engine
 from .layers import Conv, Dense, Layer, Pool, parse_spec, shapes
 
 
-def per_layer_flag(value: bool | list[bool], count: int, name: str) -> list[bool]:
-    """Broadcast a flag to ``count`` weighted layers, or check a list has that length."""
-    if isinstance(value, (list, tuple)):
-        if len(value) != count:
-            raise ConfigError(f"{name}: got {len(value)} values for {count} weighted layers; give one per layer or a single value")
-        return [bool(v) for v in value]
-    return [bool(value)] * count
-
-
 def binarise(w: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     """``α · sign(w)`` with ``sign(0) = +1``, in ``w``'s dtype: the forward weight of a binary layer."""
     return torch.where(w >= 0, alpha, -alpha).to(w.dtype)
 
 
-def per_layer(value: float | list[float], count: int, name: str) -> list[float]:
-    """Broadcast a scalar to ``count`` weighted layers, or check a list has that length."""
+def per_layer(value: Any, count: int, name: str, cast: Callable[[Any], Any] = float) -> list:
+    """Broadcast a scalar to ``count`` weighted layers, or check a list has that length (values passed through ``cast``)."""
     if isinstance(value, (list, tuple)):
         if len(value) != count:
             raise ConfigError(f"{name}: got {len(value)} values for {count} weighted layers; give one per layer or a single value")
-        return [float(v) for v in value]
-    return [float(value)] * count
+        return [cast(v) for v in value]
+    return [cast(value)] * count
 
 
 @dataclass
@@ -106,7 +98,7 @@ class Network(nn.Module):
             nn.Parameter(torch.zeros(self.layers[i].weight_shape(self.shapes[i])), requires_grad=False)
             for i in self.weighted
         )
-        self.binary = per_layer_flag(binary, len(self.weighted), "binary")
+        self.binary = per_layer(binary, len(self.weighted), "binary", bool)
         if binary_scale not in ("mean_abs", "fixed"):
             raise ConfigError(f"binary_scale: {binary_scale!r} is not one of 'mean_abs', 'fixed'")
         self.binary_scale = binary_scale

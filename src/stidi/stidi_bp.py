@@ -31,9 +31,11 @@ over the batch; a convolution's shared weights sum (``conv_update = "sum"``) or 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from . import kernels
 from .kernels import vectorised as engine
@@ -125,10 +127,6 @@ def _revive_silent(shift: torch.Tensor, x: torch.Tensor, delta: torch.Tensor, w:
     ``g₀`` is the gate's value on a rising PSP (1 for the mask; ``1/τ``, or ``1/T`` for
     the ramp, for the slope gate). Inputs that fired keep their gated displacement.
     """
-    import math
-
-    import torch.nn.functional as F
-
     g0 = 1.0 if gate == "mask" else 1.0 / (T if math.isinf(tau) else tau)
     if w.dim() == 2:
         open_shift = delta.reshape(delta.shape[0], -1) @ w
