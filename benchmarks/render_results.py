@@ -66,7 +66,8 @@ def ablation_table(ablation: dict) -> list[str]:
                 f"{base}; test accuracy on the full 10,000-image test set after the last epoch, mean ± std over seeds.", "",
                 "| variant | seeds | test accuracy | hidden firing fraction | seconds per run |", "|---|---|---|---|---|"]
         for r in (r for r in rows if r["budget"] == b):
-            out.append(f"| {r['variant']} | {r['seeds']} | {100 * r['mean']:.2f} ± {100 * r['std']:.2f} % | "
+            spread = f" ± {100 * r['std']:.2f} %" if r["seeds"] > 1 else " % (one seed)"
+            out.append(f"| {r['variant']} | {r['seeds']} | {100 * r['mean']:.2f}{spread} | "
                        f"{r['hidden_firing']:.3f} | {r['seconds']:.0f} |")
         out.append("")
     return out
