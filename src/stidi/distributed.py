@@ -260,4 +260,10 @@ def shutdown(ctx: Context) -> None:
         import torch.distributed as dist
 
         if dist.is_initialized():
+            # every rank reaches this point before any leaves the group: a rank that tore its
+            # connections down while rank 0 was still writing the run's files made the peer abort
+            try:
+                dist.barrier()
+            except Exception:  # a lost peer: nothing left to wait for
+                pass
             dist.destroy_process_group()
