@@ -144,9 +144,10 @@ def main() -> int:
               "training choices are fields of its config in `benchmarks/configs/`: Adam with per-layer learning rates "
               "relative to each layer's initial weight spread, a cosine schedule, batch 32, initialisation calibrated so "
               "that 30 % of each layer's driven neurons fire, and the last 5,000 training images held out for choosing "
-              "the epoch. Runs resume from `results/runs/NAME/` (an unfinished run's checkpoint is committed with it, so "
-              "it can be continued later with the same command); a run that spans several invocations lists every "
-              "commit it ran on.", "",
+              "the epoch. Each run keeps its directory under `results/runs/` (named after the run, e.g. "
+              "`results/runs/mnist-rcsnn/`: model, best-by-validation model, metrics; an unfinished run's checkpoint "
+              "is committed with it, so it can be continued later with the same command); a run that spans several "
+              "invocations lists every commit it ran on.", "",
               "Published neighbours (from their papers): S4NN 784-400-10 97.4 % (MNIST); BS4NN (binary) 97.0 % MNIST, "
               "87.3 % Fashion-MNIST; the best published TTFS CNNs ≈ 99.5 % MNIST / 93.1 % Fashion-MNIST.", "",
               "## Ablation of the rule's options", ""]
