@@ -169,7 +169,7 @@ def stidi_step(net, opt, rule, train: bool) -> Step:
     def step(xb, yb) -> None:
         t_in = ttfs_encode(xb, net.T).reshape(-1, *net.input_shape)
         if not train:
-            net.predict(t_in)
+            net.predict(t_in, early_exit=True)
             return
         trace = net.trace(t_in)
         net.readout(trace)
@@ -624,7 +624,10 @@ def render(result: dict, json_path: str) -> str:
         f"with the default configuration at T = {stidi_info.get('T', STIDI_T)}, engine `{stidi_info.get('engine', '?')}`, "
         f"starting from the initialisation calibrated on the first {stidi_info.get('calibration_images', '?')} images "
         f"(firing fraction per weighted layer {stidi_info.get('init_firing_fraction', '?')}; untimed, "
-        f"{stidi_info.get('init_seconds', '?')} s); inference is `Network.predict` on the initialised network. "
+        f"{stidi_info.get('init_seconds', '?')} s); inference is the classes of a batch, "
+        f"`Network.predict(t_in, early_exit=True)` on the initialised network: each layer is simulated only "
+        f"up to a horizon chosen from recent decision times, the samples not decided by then again to T "
+        f"(exact by causality: the same classes and decision times as the full forward pass, `stidi.inference`). "
         f"The event engine's cost grows with the number of spikes, so throughput depends on firing activity.",
         "* cnn: `Conv2d(1,32,5) ReLU MaxPool2d(2) Conv2d(32,64,5) ReLU MaxPool2d(2) Flatten Linear(1024,10)`, "
         "cross-entropy, Adam; inference under `torch.inference_mode`. Conversion of the uint8 images to floats is timed.",

@@ -222,14 +222,17 @@ def encode(net: Network, images: Any) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict(net: Network, images: Any, batch_size: int = PREDICT_BATCH) -> Prediction:
+def predict(net: Network, images: Any, batch_size: int = PREDICT_BATCH, early_exit: bool = False) -> Prediction:
     """Predicted classes (``-1``: undecided), output spike times and decision time of ``images``.
 
     ``output_times`` are the natural output spike times (``inf``: never fired);
     ``decision_time`` is the earliest output spike (``T`` when forced firing decides).
+    With ``early_exit`` each image is simulated only until its decision is known
+    (:mod:`stidi.inference`): the same classes and decision times, faster, but output
+    spikes after the decision may be reported as ``inf``.
     """
     t_in = encode(net, images)
-    parts = [net.predict(t_in[lo : lo + batch_size]) for lo in range(0, len(t_in), batch_size)]
+    parts = [net.predict(t_in[lo : lo + batch_size], early_exit=early_exit) for lo in range(0, len(t_in), batch_size)]
     return Prediction(*(torch.cat([getattr(p, f) for p in parts]) for f in ("classes", "output_times", "decision_time")))
 
 

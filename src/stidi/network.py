@@ -176,8 +176,17 @@ class Network(nn.Module):
         return Prediction(classes, t_out, t_min)
 
     @torch.no_grad()
-    def predict(self, t_in: torch.Tensor) -> Prediction:
-        """Classes, output spike times and decision time for input spike times."""
+    def predict(self, t_in: torch.Tensor, early_exit: bool = False) -> Prediction:
+        """Classes, output spike times and decision time for input spike times.
+
+        With ``early_exit`` each sample is simulated only until its decision is known
+        (:func:`stidi.inference.predict_early`): the same classes and decision times, but
+        output spikes after the decision may be reported as ``inf``.
+        """
+        if early_exit:
+            from .inference import predict_early
+
+            return predict_early(self, t_in)
         return self.readout(self.trace(t_in))
 
     @torch.no_grad()

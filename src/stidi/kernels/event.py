@@ -85,27 +85,32 @@ if AVAILABLE:
         return steps, inputs, signs
 
     @njit(cache=True, inline="always")
-    def _crossing_step(a, s, k, v, thr):
-        """First integer ``m`` in ``(a, s]`` with ``v − k (s − m) ≥ thr``, given ``v ≥ thr`` (the
-        value at ``s``) and a value below ``thr`` at ``a``: ``m = s − floor((v − thr) / k)``,
-        then corrected by the comparisons themselves so that rounding in the division can
-        never shift it.
+    def _crossing_step(a, s, k, v0, thr):
+        """First integer ``m`` in ``(a, s]`` with ``v0 + k (m − a) ≥ thr``, given ``v0 < thr`` (the
+        value at ``a``) and that it holds at ``m = s``.
+
+        Every comparison evaluates the segment from its start, ``v0 + k (m − a)``, which is
+        monotone in ``m`` also in floating point, so the answer does not depend on where the
+        segment ends: a scan that stops at a horizon ``h < s`` (:func:`spike_times` with
+        ``horizon``) finds the same step for every crossing at or before ``h``. The estimate
+        ``a + ceil((thr − v0) / k)`` is corrected by the comparisons themselves, so rounding
+        in the division can never shift it.
         """
         m = s
         if k > 0.0:
-            q = math.floor((v - thr) / k)  # clamped before the integer conversion: k may be tiny
-            if q >= s - a - 1:
+            q = math.ceil((thr - v0) / k)  # clamped before the integer conversion: k may be tiny
+            if q <= 1:
                 m = a + 1
-            elif q > 0:
-                m = s - int(q)
-        while m > a + 1 and v - k * (s - m + 1) >= thr:
+            elif q < s - a:
+                m = a + int(q)
+        while m > a + 1 and v0 + k * (m - 1 - a) >= thr:
             m -= 1
-        while m < s and v - k * (s - m) < thr:
+        while m < s and v0 + k * (m - a) < thr:
             m += 1
         return m
 
     @njit(cache=True, inline="always")
-    def _check_crossings(s, a, S1, V, p, thr, fired, remaining):
+    def _check_crossings(s, a, S1, V, p, thr, fired, remaining, V0):
         """Bring the neurons of position ``p`` from step ``a`` to ``s`` and fire those that reach
         threshold on the way; returns how many remain.
 
@@ -113,52 +118,56 @@ if AVAILABLE:
         ``thr = θ · scale`` at ``a``, so a neuron crosses in ``(a, s]`` iff ``V(s) ≥ thr``.
         A neuron that fired gets ``V = −inf``: it can never cross again, and the loops stay
         branch-free (vectorised over the channels). The state of position ``p`` is row ``p``
-        of ``S1``, ``V`` and ``fired``.
+        of ``S1``, ``V`` and ``fired``; ``V0`` (one row) keeps ``V(a)`` for the crossing step.
         """
         Co = S1.shape[1]
         dt = float(s - a)
         hits = 0
         for co in range(Co):
-            v = V[p, co] + S1[p, co] * dt
+            v0 = V[p, co]
+            V0[co] = v0
+            v = v0 + S1[p, co] * dt
             V[p, co] = v
             hits += v >= thr
         if hits == 0:
             return remaining
         for co in range(Co):
             if V[p, co] >= thr:
-                fired[p, co] = _crossing_step(a, s, S1[p, co], V[p, co], thr)
+                fired[p, co] = _crossing_step(a, s, S1[p, co], V0[co], thr)
                 V[p, co] = -np.inf
                 remaining -= 1
         return remaining
 
     @njit(parallel=True, cache=True)
-    def _dense_forward(t_in, w_t, theta, T, tau, out):
+    def _dense_forward(t_in, w_t, theta, T, tau, horizon, out):
         """``t_in (B, N)``, ``w_t (N, M)`` (transposed weight), ``out (B, M)`` filled with times.
 
         Every output sees every event: the sample's sorted events drive the ``M`` neurons at
         once; they are advanced (and checked for crossings) once per distinct event step
-        and at ``T``, and the scan stops when every neuron fired.
+        and at the sample's horizon (``horizon[b] ≤ T``; see :func:`spike_times`), and the
+        scan stops when every neuron fired.
         """
         B = t_in.shape[0]
         M = w_t.shape[1]
         scale, lag = _scale_and_lag(tau, T)
         thr = theta * scale
         for b in prange(B):
-            steps, inputs, signs = _sorted_events(t_in[b], T, lag)
-            S1, V = np.zeros((1, M)), np.zeros((1, M))
+            h = horizon[b]
+            steps, inputs, signs = _sorted_events(t_in[b], h, lag)
+            S1, V, V0 = np.zeros((1, M)), np.zeros((1, M)), np.empty(M)
             fired = np.full((1, M), -1, dtype=np.int64)
             remaining, prev = M, -1
             for e in range(steps.size):
                 s = steps[e]
                 if s > prev:
                     if prev >= 0:
-                        remaining = _check_crossings(s, prev, S1, V, 0, thr, fired, remaining)
+                        remaining = _check_crossings(s, prev, S1, V, 0, thr, fired, remaining, V0)
                         if remaining == 0:
                             break
                     prev = s
                 _add_event(S1, 0, w_t, inputs[e], signs[e])
             if remaining > 0 and prev >= 0:
-                _check_crossings(T, prev, S1, V, 0, thr, fired, remaining)
+                _check_crossings(h, prev, S1, V, 0, thr, fired, remaining, V0)
             for m in range(M):
                 out[b, m] = fired[0, m] if fired[0, m] >= 0 else np.inf
 
@@ -207,7 +216,7 @@ if AVAILABLE:
             S1[p, co] += sign * w2[r, co]
 
     @njit(parallel=True, cache=True)
-    def _conv_forward(t_in, w, theta, T, tau, out):
+    def _conv_forward(t_in, w, theta, T, tau, horizon, out):
         """``t_in (B, C, H, W)`` already padded, ``w (C, K, K, Co)`` (channels last), ``out (B, Co, Ho, Wo)``.
 
         One output row at a time: the events of the input rows it sees (its row band, in
@@ -215,7 +224,8 @@ if AVAILABLE:
         keeps the ``(V, S1)`` of its ``Co`` neurons and the step of the last event that
         reached it, and is advanced (all its channels at once, checking for crossings)
         whenever a later event arrives. Positions whose neurons all fired are skipped; the
-        row ends when all have.
+        row ends when all have. Only events before the sample's horizon ``horizon[b] ≤ T``
+        are dealt, and the last check is at the horizon (see :func:`spike_times`).
         """
         B, C, H, W = t_in.shape
         _, K, _, Co = w.shape
@@ -225,11 +235,12 @@ if AVAILABLE:
         thr = theta * scale
         tables = _input_coordinates(C, H, W, K)
         for b in prange(B):
-            steps, inputs, signs = _sorted_events(t_in[b].reshape(-1), T, lag)
+            h = horizon[b]
+            steps, inputs, signs = _sorted_events(t_in[b].reshape(-1), h, lag)
             n = steps.size
             ys, xs, base = _event_coordinates(inputs, tables)
             band = np.empty(n + 1, dtype=np.int64)
-            S1, V = np.zeros((Wo, Co)), np.zeros((Wo, Co))
+            S1, V, V0 = np.zeros((Wo, Co)), np.zeros((Wo, Co)), np.empty(Co)
             fired = np.full((Wo, Co), -1, dtype=np.int64)
             prev = np.full(Wo, -1, dtype=np.int64)
             remaining = np.full(Wo, Co, dtype=np.int64)
@@ -245,7 +256,7 @@ if AVAILABLE:
                             continue
                         if s > prev[ox]:
                             if prev[ox] >= 0:
-                                remaining[ox] = _check_crossings(s, prev[ox], S1, V, ox, thr, fired, remaining[ox])
+                                remaining[ox] = _check_crossings(s, prev[ox], S1, V, ox, thr, fired, remaining[ox], V0)
                                 if remaining[ox] == 0:
                                     left -= 1
                                     continue
@@ -259,7 +270,7 @@ if AVAILABLE:
                             out[b, co, oy, ox] = np.inf
                         continue
                     if remaining[ox] > 0:
-                        _check_crossings(T, prev[ox], S1, V, ox, thr, fired, remaining[ox])
+                        _check_crossings(h, prev[ox], S1, V, ox, thr, fired, remaining[ox], V0)
                     for co in range(Co):
                         out[b, co, oy, ox] = fired[ox, co] if fired[ox, co] >= 0 else np.inf
                         S1[ox, co], V[ox, co], fired[ox, co] = 0.0, 0.0, -1
@@ -578,26 +589,49 @@ def _channels_last(weight: torch.Tensor) -> np.ndarray:
     return _as_numpy(w.t() if w.dim() == 2 else w.permute(1, 2, 3, 0))
 
 
-def spike_times(t_in: torch.Tensor, weight: torch.Tensor, theta: float, T: int, tau: float, padding: int = 0) -> torch.Tensor:
+def spike_times(
+    t_in: torch.Tensor,
+    weight: torch.Tensor,
+    theta: float,
+    T: int,
+    tau: float,
+    padding: int = 0,
+    horizon: np.ndarray | None = None,
+) -> torch.Tensor:
     """Same contract as :func:`stidi.kernels.vectorised.spike_times`.
 
     Two exact kernels compute the same times: an event-driven one whose cost is
     independent of ``T`` and a time-stepped one; :func:`_prefer_lazy` picks one per call.
     Times keep the dtype of ``t_in`` (integers and ``inf`` are exact in float32).
+
+    ``horizon`` (``(B,)`` integers in ``0 … T``) stops sample ``b``'s scan at step
+    ``horizon[b]``: every spike at or before it gets its exact time, every later one
+    ``inf``. This is causal: a neuron's potential at step ``m`` sums ``w (m − t_i)`` over
+    the inputs with ``t_i < m`` only, so its crossing step, when ``≤ h``, depends on the
+    input events before ``h`` alone and not on the rest (the event-driven kernel drops
+    those and checks the last time at ``h``; see :func:`_crossing_step` for why the step
+    comes out bit for bit the same). A horizon of ``T`` is the full scan.
     """
     _check_tau(tau)
     theta, T, tau = float(theta), int(T), float(tau)
+    lazy = horizon is not None
+    B = t_in.shape[0]
+    h = np.full(B, T, dtype=np.int64) if horizon is None else np.ascontiguousarray(np.clip(horizon, 0, T), dtype=np.int64)
+    if h.shape != (B,):
+        raise ValueError(f"horizon: expected shape ({B},), got {h.shape}")
     if weight.dim() == 2:
         x = _as_numpy(t_in)
         out = np.empty((x.shape[0], weight.shape[0]), dtype=x.dtype)
-        kernel = _dense_forward if _prefer_lazy(x, weight.shape[0], weight.shape[0], T, tau) else _dense_forward_stepped
-        kernel(x, _channels_last(weight), theta, T, tau, out)
+        if lazy or _prefer_lazy(x, weight.shape[0], weight.shape[0], T, tau):
+            _dense_forward(x, _channels_last(weight), theta, T, tau, h, out)
+        else:
+            _dense_forward_stepped(x, _channels_last(weight), theta, T, tau, out)
     else:
         xp = _padded(t_in, padding)
         K = weight.shape[-1]
         out = np.empty((xp.shape[0], weight.shape[0], xp.shape[2] - K + 1, xp.shape[3] - K + 1), dtype=xp.dtype)
-        if _prefer_lazy(xp, weight.shape[0] * K * K, out[0].size, T, tau):
-            _conv_forward(xp, _channels_last(weight), theta, T, tau, out)
+        if lazy or _prefer_lazy(xp, weight.shape[0] * K * K, out[0].size, T, tau):
+            _conv_forward(xp, _channels_last(weight), theta, T, tau, h, out)
         else:
             _conv_forward_stepped(xp, np.ascontiguousarray(weight.detach().cpu().double().numpy()), theta, T, tau, out)
     return torch.from_numpy(out).to(t_in.dtype)
