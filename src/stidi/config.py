@@ -8,12 +8,12 @@ A config file has up to three tables, every key optional::
     tau = inf            # TOML's inf: the pure ramp PSP
 
     [rule]
-    gamma = 60.0
+    gamma = 5.0
 
     [train]
     dataset = "mnist"
     epochs = 3
-    lr = [0.03, 0.03, 0.03]   # one per weighted layer, or a single value
+    lr = [0.01, 0.01, 0.01]   # one per weighted layer, or a single value
 
 Every field is checked when the file is loaded; an unknown key, a wrong type or a
 value out of range raises :class:`~stidi.errors.ConfigError` naming the field, the
@@ -74,7 +74,7 @@ class ModelConfig:
 class RuleConfig:
     """Options of the STiDi-BP learning rule (see docs/algorithm.md)."""
 
-    gamma: float = _field(60.0, NON_NEGATIVE, "margin (steps) between the true class and the others")
+    gamma: float = _field(5.0, NON_NEGATIVE, "margin (steps) between the true class and the others")
     latency_derivative: str = _field("linear", one_of("linear", "unit"), "dt/du ≈ -t/θ ('linear') or -1 ('unit')")
     displacement_gate: str = _field("mask", one_of("mask", "slope"), "g in the displacement: fired-before mask or PSP slope ε'")
     error_norm: str = _field("l2", one_of("l2", "none"), "per-layer, per-sample error normalisation")
@@ -90,7 +90,7 @@ class TrainConfig:
     epochs: int = _field(3, POSITIVE, "passes over the training set")
     batch_size: int = _field(32, POSITIVE, "images per update")
     optimizer: str = _field("adam", one_of("adam", "sgd"), "how update directions become steps")
-    lr: float | list = _field(0.03, each(POSITIVE), "learning rate per weighted layer, relative to the layer's initial weight std")
+    lr: float | list = _field(0.01, each(POSITIVE), "learning rate per weighted layer, relative to the layer's initial weight std")
     lr_schedule: str = _field("cosine", one_of("constant", "cosine"), "learning-rate schedule over the epochs")
     train_limit: int = _field(0, NON_NEGATIVE, "use only the first N training images (0: all)")
     test_limit: int = _field(0, NON_NEGATIVE, "evaluate on the first N test images (0: all)")
