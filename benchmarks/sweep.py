@@ -178,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         "base": sweep["base"],
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "commit": _git("rev-parse", "HEAD"),
+        "source_tree_dirty": _git("status", "--porcelain", "src") not in ("", "unknown"),
         "machine": f"{platform.node()} ({os.cpu_count()} cores, {platform.processor() or platform.machine()})",
         "jobs": args.jobs,
         "wall_seconds": round(time.time() - started, 1),
