@@ -119,17 +119,17 @@ def test_corrupt_checkpoint_falls_back_to_previous_then_refuses(tmp_path):
 def test_non_finite_update_stops_with_last_good_state(tmp_path, monkeypatch):
     import stidi.train as train_module
 
-    real = train_module.update_directions
+    real = train_module.finish_directions
     calls = {"n": 0}
 
-    def poisoned(net, trace, labels, rule):
+    def poisoned(net, sums, rule, batch):
         calls["n"] += 1
-        directions = real(net, trace, labels, rule)
+        directions = real(net, sums, rule, batch)
         if calls["n"] == 3:
             directions[1] = directions[1] * float("nan")
         return directions
 
-    monkeypatch.setattr(train_module, "update_directions", poisoned)
+    monkeypatch.setattr(train_module, "finish_directions", poisoned)
     out = tmp_path / "run"
     with pytest.raises(NonFiniteError, match=r"step 3: update of weighted layer 2 \('10'\) is not finite"):
         train(_small_config(), out, progress=False, log=lambda m: None)

@@ -4,10 +4,13 @@
 ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` set;
 :func:`from_environment` joins them into one process group (gloo on CPUs, NCCL when
 CUDA is available). Every rank takes a fixed, contiguous share of every global batch
-(:meth:`Context.shard`), computes the STiDi-BP directions of its share scaled by
-``share / global batch`` and :meth:`Context.reduce_step` sums them with one
-``all_reduce``, so every rank applies the batch-mean update of the whole batch — the
-update one process would apply — and holds identical weights after every step.
+(:meth:`Context.shard`), computes the exact fixed-point sums of the STiDi-BP update of
+its share (:func:`stidi.stidi_bp.update_sums`; the quanta come from the global batch
+size and the largest error of each channel over all ranks, one small
+:meth:`Context.all_reduce_max` per weighted layer) and :meth:`Context.reduce_step` adds
+them with one ``all_reduce``. Integer sums are exact, so every rank ends up with the sums
+one process computes over the whole batch, applies the update one process would apply —
+the same to the bit — and holds identical weights after every step.
 Train-accuracy counts and stop requests (SIGINT/SIGTERM on any rank) travel in the
 same buffer, so all ranks count the same and stop at the same step.
 
@@ -110,31 +113,40 @@ class Context:
                              f"answering ({reason}); the job stops here: start it again with --resume to continue "
                              "from the last checkpoint")
 
-    def reduce_step(self, directions: list[torch.Tensor], times: list[torch.Tensor], share: int, batch: int,
-                    correct: int, stop: bool, where: str, dtype: torch.dtype = torch.float32,
-                    ) -> tuple[list[torch.Tensor], int, bool]:
-        """Batch-mean directions of the global batch, its correct count and whether any rank asked to stop.
+    def all_reduce_max(self, tensor: torch.Tensor, what: str) -> torch.Tensor:
+        """Element-wise maximum of ``tensor`` over all ranks (``tensor`` itself for one process)."""
+        if not self.active:
+            return tensor
+        import torch.distributed as dist
 
-        ``directions`` are the batch means over this rank's ``share`` of the ``batch``
-        images. Each is turned back into the share's sum, summed over the ranks in
-        float64 in one ``all_reduce`` (the counts ride along at the end of the buffer),
-        rounded to ``dtype`` and divided by ``batch`` in ``dtype``, as one process divides
-        its sum. The result equals one process's direction up to float32 rounding: each
-        rank's sum was rounded once more than one process's.
-        NaN spike times here (``times``) make this rank's contribution NaN, so that every
-        rank sees a non-finite update and stops at the same step.
+        buffer = tensor.detach().to(self._device()).clone()
+        try:
+            dist.all_reduce(buffer, op=dist.ReduceOp.MAX)
+        except Exception as exc:
+            raise self.lost(what, exc) from exc
+        return buffer.cpu()
+
+    def reduce_step(self, sums: list[torch.Tensor], times: list[torch.Tensor], correct: int, stop: bool, where: str,
+                    ) -> tuple[list[torch.Tensor], int, bool]:
+        """The global batch's exact update sums, its correct count and whether any rank asked to stop.
+
+        ``sums`` are this rank's exact fixed-point sums (:func:`stidi.stidi_bp.update_sums`,
+        float64, every entry a multiple of a quantum all ranks share and every total below
+        ``2^53`` quanta), so the float64 ``all_reduce(SUM)`` adds integers: exact, in whatever
+        order the backend adds, and equal to the sums one process computes over the whole
+        batch (the counts ride along at the end of the buffer). The same bytes as int64, and
+        NaN/inf survive. NaN spike times here (``times``) make this rank's contribution NaN,
+        so that every rank sees a non-finite update and stops at the same step.
         """
         if not self.active:
-            return directions, correct, stop
+            return sums, correct, stop
         nan = any(torch.isnan(t).any() for t in times[1:])
-        parts = [(torch.full(g.shape, float("nan"), dtype=torch.float64) if nan else
-                  g.double() * share if share else torch.zeros(g.shape, dtype=torch.float64)).reshape(-1)
-                 for g in directions]
+        parts = [(torch.full(g.shape, float("nan"), dtype=torch.float64) if nan else g.double()).reshape(-1) for g in sums]
         flags = torch.tensor([correct, 1.0 if stop else 0.0], dtype=torch.float64)
         total = self.all_reduce_sum(torch.cat([*parts, flags]), f"summing the update of {where}")
         out, offset = [], 0
-        for g in directions:
-            out.append(total[offset : offset + g.numel()].reshape(g.shape).to(dtype) / batch)
+        for g in sums:
+            out.append(total[offset : offset + g.numel()].reshape(g.shape))
             offset += g.numel()
         return out, int(round(float(total[-2]))), float(total[-1]) > 0
 

@@ -27,17 +27,23 @@ layers), so neurons the layer above needs come back; ``ρ = 0`` is the plain rul
 Update directions are averaged
 over the batch; a convolution's shared weights sum (``conv_update = "sum"``) or average
 (``"mean"``) the contributions of all positions.
+
+The batch sum is exact (fixed point, :mod:`stidi.kernels.fixed_point`): the direction of a
+batch is the same to the bit however the batch is split over threads or processes, so a
+data-parallel run applies exactly the update of one process (:mod:`stidi.distributed`).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from . import kernels
+from .kernels import fixed_point
 from .kernels import vectorised as engine
 from .layers import Conv, Pool
 from .network import Network, Trace
@@ -84,16 +90,34 @@ def latency_gain(t: torch.Tensor, theta: float, mode: str) -> torch.Tensor:
     return t / theta if mode == "linear" else torch.ones_like(t)
 
 
+#: ``agree(tensor)``: the element-wise maximum of ``tensor`` over all processes of a
+#: data-parallel job (the identity for one process).
+Agree = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _alone(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor
+
+
 @torch.no_grad()
-def update_directions(net: Network, trace: Trace, labels: torch.Tensor, opts: RuleOptions) -> list[torch.Tensor]:
-    """STiDi-BP update directions ``G_l`` (one per weighted layer): apply ``w ← w − η G``.
+def update_sums(net: Network, trace: Trace, labels: torch.Tensor, opts: RuleOptions, batch: int | None = None,
+                agree: Agree = _alone) -> list[torch.Tensor]:
+    """Exact fixed-point sums ``Σ δ ε · scale`` over this batch, one float64 tensor per weighted layer.
 
     Walks the layers from the top once. For every weighted layer it uses only that
     layer's input and output spike times, its error and its own weights; the error
     handed down is the displacement, never a product of derivatives.
+
+    Every term is rounded to a multiple of its output channel's quantum
+    (:mod:`stidi.kernels.fixed_point`), which depends only on ``batch`` (the global batch,
+    default ``len(labels)``) and the largest ``|δ|`` of the channel over the global batch
+    (``agree`` takes the maximum over the processes). The sums are therefore exact: the
+    sums of two shares of a batch add up to the sum of the whole batch to the bit, in any
+    order, on any number of threads. :func:`finish_directions` turns them into directions.
     """
     T, B = net.T, labels.shape[0]
-    directions: list[torch.Tensor | None] = [None] * len(net.weighted)
+    batch = B if batch is None else batch
+    sums: list[torch.Tensor | None] = [None] * len(net.weighted)
     error = normalise(output_error(trace.times[-1], labels, T, opts.gamma, net.forced_firing), opts.error_norm)
     shift = None  # displacement of the current layer's outputs, from the layer above
     for i in reversed(range(len(net.layers))):
@@ -109,15 +133,50 @@ def update_directions(net: Network, trace: Trace, labels: torch.Tensor, opts: Ru
         x, padding = net.layer_operands(i, t_in)
         t_rule = t_out.clamp(max=T)
         delta = error.reshape(t_rule.shape) * latency_gain(t_rule, theta, opts.latency_derivative)
-        G, shift = kernels.rule(x, t_rule, delta, w, opts.displacement_gate, T, net.tau, padding, need_displacement=i > 0)
+        J = w.shape[0]
+        peak = agree(fixed_point.peak_delta(delta.reshape(B, J, -1)))
+        q = fixed_point.quantum(peak, batch * (delta[0].numel() // J), T, net.tau)
+        sums[k], shift = kernels.rule(x, t_rule, delta, w, opts.displacement_gate, T, net.tau, padding,
+                                      need_displacement=i > 0, quantum=q)
         if shift is not None and opts.revival > 0:
             shift = _revive_silent(shift, x, delta, w, padding, opts.displacement_gate, T, net.tau, opts.revival)
-        if isinstance(layer, Conv) and opts.conv_update == "mean":
-            G = G / (t_out.shape[-1] * t_out.shape[-2])
-        directions[k] = G / B
         if shift is not None:
             shift = shift.reshape(t_in.shape)
+    return sums
+
+
+def idle_sums(net: Network, agree: Agree = _alone) -> list[torch.Tensor]:
+    """The sums of an empty share (zeros), taking part in every ``agree`` that :func:`update_sums` makes."""
+    for k in reversed(range(len(net.weighted))):
+        agree(torch.zeros(net.weights[k].shape[0], dtype=torch.float64))
+    return [torch.zeros(w.shape, dtype=torch.float64) for w in net.weights]
+
+
+@torch.no_grad()
+def finish_directions(net: Network, sums: list[torch.Tensor], opts: RuleOptions, batch: int) -> list[torch.Tensor]:
+    """Batch-mean directions ``G_l`` from the exact sums of a batch of ``batch`` images: apply ``w ← w − η G``.
+
+    In float64 the sum is divided by the PSP scale (``τ``, ``T`` for the ramp), by the
+    number of positions for ``conv_update = "mean"`` and by ``batch``, then rounded once
+    to the weights' dtype — the same arithmetic whoever computed the sums.
+    """
+    scale = float(net.T) if math.isinf(net.tau) else float(net.tau)
+    directions = []
+    for k, i in enumerate(net.weighted):
+        G = sums[k].double() / scale
+        if isinstance(net.layers[i], Conv) and opts.conv_update == "mean":
+            G = G / (net.shapes[i + 1][-1] * net.shapes[i + 1][-2])
+        directions.append((G / batch).to(net.weights[k].dtype))
     return directions
+
+
+def update_directions(net: Network, trace: Trace, labels: torch.Tensor, opts: RuleOptions) -> list[torch.Tensor]:
+    """STiDi-BP update directions ``G_l`` (one per weighted layer) of one batch: apply ``w ← w − η G``.
+
+    :func:`update_sums` then :func:`finish_directions`; the result depends only on the
+    batch's images, not on how they were split or on the number of threads.
+    """
+    return finish_directions(net, update_sums(net, trace, labels, opts), opts, labels.shape[0])
 
 
 def _revive_silent(shift: torch.Tensor, x: torch.Tensor, delta: torch.Tensor, w: torch.Tensor, padding: int,

@@ -36,7 +36,7 @@ from .encoding import ttfs_encode
 from .errors import ModelFileError, StidiError
 from .io import atomic_write, build_network, load_tensors, network_tensors, restore_weights, save_model, save_tensors, sidecar
 from .network import Network, Trace, per_layer
-from .stidi_bp import RuleOptions, update_directions
+from .stidi_bp import RuleOptions, finish_directions, idle_sums, update_sums
 
 Log = Callable[[str], None]
 EVAL_BATCH = 256
@@ -95,7 +95,7 @@ def evaluate(net: Network, data: Dataset, dist: Context = SINGLE) -> dict:
         pred = net.readout(trace)
         correct += int((pred.classes == data.labels[sl]).sum())
         decision += float(pred.decision_time.clamp(max=net.T).sum())
-        layer_fired = [float(torch.isfinite(t).float().sum() / t[0].numel()) for t in trace.times[1:]]
+        layer_fired = [int(torch.isfinite(t).sum()) for t in trace.times[1:]]  # integers: exact however the set is split
         fired = layer_fired if fired is None else [a + b for a, b in zip(fired, layer_fired)]
         count += len(pred.classes)
     if dist.active:
@@ -104,7 +104,8 @@ def evaluate(net: Network, data: Dataset, dist: Context = SINGLE) -> dict:
     return {
         "accuracy": correct / max(count, 1),
         "mean_decision_time": decision / max(count, 1),
-        "firing_fraction": [round(f / max(count, 1), 4) for f in fired or []],
+        "firing_fraction": [round(f / (max(count, 1) * math.prod(shape)), 4)
+                            for f, shape in zip(fired or [], net.shapes[1:])],
     }
 
 
@@ -237,7 +238,8 @@ class Trainer:
         gen = torch.Generator().manual_seed(self.t.seed)
         calib = torch.randperm(len(self.train_set), generator=gen)[:CALIBRATION_IMAGES]
         t_cal = self.train_set.spike_times(calib, self.net.T, self.net.input_shape)
-        fired = self.net.initialise(t_cal, self.config.model.init_firing_fraction, gen)
+        with _torch_threads(1):  # the calibration's PyTorch convolutions may round differently on other thread counts
+            fired = self.net.initialise(t_cal, self.config.model.init_firing_fraction, gen)
         self.lr_scale = [float(w.std()) for w in self.net.weights]
         self.opt = make_optimizer(self.net, self.config, self.lr_scale)
         self.log(f"initialised {self.config.model.network}: firing fraction per weighted layer {[round(f, 3) for f in fired]}")
@@ -318,11 +320,11 @@ class Trainer:
         for step in range(first_step, steps):
             idx = order[step * t.batch_size : (step + 1) * t.batch_size]
             share = self.dist.shard(idx)  # all of idx with one process
-            directions, trace, hits = self._directions(share)
+            where = f"step {step + 1} of epoch {epoch + 1}"
+            sums, trace, hits = self._sums(share, len(idx), where)
             asked = self.stop_signal  # with several ranks a later signal counts at the next step, on every rank
-            directions, hits, agreed = self.dist.reduce_step(directions, trace.times, len(share), len(idx), hits,
-                                                             asked is not None, f"step {step + 1} of epoch {epoch + 1}",
-                                                             net.weights[0].dtype)
+            sums, hits, agreed = self.dist.reduce_step(sums, trace.times, hits, asked is not None, where)
+            directions = finish_directions(net, sums, self.rule, len(idx))
             correct += hits
             self._step(directions, trace, epoch, step)
             done = step + 1
@@ -344,15 +346,20 @@ class Trainer:
         record = {"epoch": epoch + 1, "train_accuracy": correct / len(data), "lr": [g["lr"] for g in self.opt.param_groups]}
         return record, {"epoch": epoch + 1, "train_seconds": round(seconds, 2), "images_per_s": round(len(data) / seconds, 2)}
 
-    def _directions(self, idx: torch.Tensor) -> tuple[list[torch.Tensor], Trace, int]:
-        """Batch-mean update directions, spike times and correct count of the training images ``idx``."""
+    def _sums(self, idx: torch.Tensor, batch: int, where: str) -> tuple[list[torch.Tensor], Trace, int]:
+        """Exact update sums (see :func:`update_sums`), spike times and correct count of the training
+        images ``idx``, a share of a global batch of ``batch`` images."""
         net, data = self.net, self.train_set
+
+        def agree(peak: torch.Tensor) -> torch.Tensor:
+            return self.dist.all_reduce_max(peak, f"agreeing on the update's quanta of {where}")
+
         if len(idx) == 0:  # a rank's share of a last batch smaller than the number of ranks
-            return [torch.zeros_like(w) for w in net.weights], Trace([]), 0
+            return idle_sums(net, agree), Trace([]), 0
         labels = data.labels[idx]
         trace = net.trace(data.spike_times(idx, net.T, net.input_shape))
         hits = int((net.readout(trace).classes == labels).sum())
-        return update_directions(net, trace, labels, self.rule), trace, hits
+        return update_sums(net, trace, labels, self.rule, batch, agree), trace, hits
 
     def _step(self, directions: list[torch.Tensor], trace, epoch: int, step: int) -> None:
         """Apply one optimiser step; on a non-finite value keep (and checkpoint) the state before it."""
@@ -380,6 +387,18 @@ class Trainer:
 
         return tqdm(total=len(self.train_set), initial=initial, desc=f"epoch {epoch + 1}/{self.t.epochs}",
                     unit="img", leave=False, file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int):
+    """Run PyTorch on ``n`` threads inside the block, so that its results do not depend on
+    ``--threads`` or on the number of processes (a data-parallel run initialises on rank 0)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @contextlib.contextmanager

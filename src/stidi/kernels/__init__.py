@@ -16,7 +16,7 @@ import os
 
 import torch
 
-from . import event, vectorised
+from . import event, fixed_point, vectorised
 
 #: Engine used when none is named: ``"event"`` when numba is installed, else ``"vectorised"``.
 ENGINES = ("event", "vectorised")
@@ -50,10 +50,21 @@ def earliest_pool(t_in: torch.Tensor, k: int, engine: str | None = None) -> tupl
     return vectorised.earliest_pool(t_in, k)
 
 
-def rule(t_in, t_out, delta, weight, gate, T, tau, padding=0, need_displacement=True, engine: str | None = None):
-    """``(update direction, displacement or None)`` of one weighted layer."""
+def rule(t_in, t_out, delta, weight, gate, T, tau, padding=0, need_displacement=True, engine: str | None = None,
+         quantum: torch.Tensor | None = None):
+    """``(update direction, displacement or None)`` of one weighted layer.
+
+    With ``quantum`` (``(J,)`` float64 powers of two, :func:`stidi.kernels.fixed_point.quantum`)
+    the direction is the exact fixed-point sum ``Σ δ ε · scale`` in float64, the same to the
+    bit on both engines, for any batch split and thread count (training uses this). Without
+    it: ``Σ δ ε`` in the weight's dtype — exact likewise on the event engine, an ordinary
+    float sum (whose rounding depends on the batch) on the vectorised one.
+    """
     if _use_event(engine or default_engine(), t_in, tau):
-        return event.rule(t_in, t_out, delta, weight, gate, T, tau, padding, need_displacement)
-    G = vectorised.update_direction(t_in, t_out, delta, weight, T, tau, padding)
+        return event.rule(t_in, t_out, delta, weight, gate, T, tau, padding, need_displacement, quantum)
+    if quantum is not None:
+        G = vectorised.update_sum(t_in, t_out, delta, weight, T, tau, quantum, padding)
+    else:
+        G = vectorised.update_direction(t_in, t_out, delta, weight, T, tau, padding)
     D = vectorised.displacement(t_in, t_out, delta, weight, gate, T, tau, padding) if need_displacement else None
     return G, D

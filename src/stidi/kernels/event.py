@@ -18,7 +18,9 @@ time-stepped simulation. All inner loops run over the output channels, branch-fr
 The learning rule pairs each output with a nonzero ``δ`` only with the inputs of its
 receptive field that fired before it — the only pairs that contribute — using the same
 time-sorted events as the forward pass, and writes the displacement straight into input
-coordinates (no unfold/fold).
+coordinates (no unfold/fold). Every term of the update direction is rounded to a
+power-of-two quantum first (:mod:`stidi.kernels.fixed_point`), so its sums are exact and
+the same for any thread count, kernel choice or split of the batch.
 
 The functions mirror :mod:`stidi.kernels.vectorised` and take/return torch tensors;
 ``τ`` must be an integer number of steps or ``inf``. Potentials and sums run in float64:
@@ -277,7 +279,9 @@ if AVAILABLE:
                     prev[ox], remaining[ox] = -1, Co
 
     #: Float flags of the learning-rule kernels: sums may be reassociated (so that they
-    #: vectorise); infinities and NaNs keep their meaning.
+    #: vectorise); infinities and NaNs keep their meaning. The update direction stays exact
+    #: whatever the order: every term is rounded to a multiple of its quantum first (see
+    #: :mod:`stidi.kernels.fixed_point`), so its sums are integer sums.
     RULE_MATH = {"reassoc", "contract", "nsz"}
 
     @njit(cache=True)
@@ -324,36 +328,38 @@ if AVAILABLE:
         return start, f_t, f_r, f_i
 
     @njit(cache=True, fastmath=RULE_MATH, inline="always")
-    def _output_pairs(j, tj, dj, f_t, f_r, f_i, o, m, w2, G, Db, cap, use_slope, tau, want_D):
+    def _output_pairs(j, tj, dj, dq, qj, f_t, f_r, f_i, o, m, w2, G, Db, cap, use_slope, tau, want_D):
         """Output ``j`` (time ``tj``, ``δ = dj``) against its receptive field's events ``o … o + m − 1``
         (time-sorted: step ``f_t``, weight column ``f_r``, input ``f_i``).
 
         The inputs that fired before ``tj`` are a prefix: ``G[j, r] += δ min(t_j − t_i, cap)``
-        (``ε · scale``) and ``D[i] += δ w_jr g`` with ``g = 1`` (mask) or ``[t_j − t_i < τ]``
-        (slope, before its factor ``1/scale``). Every pair writes a different ``G`` and ``D``
-        entry, so the loop carries no dependency.
+        (``ε · scale``), rounded to a multiple of the quantum ``qj`` (``dq = δ / qj``), and
+        ``D[i] += δ w_jr g`` with ``g = 1`` (mask) or ``[t_j − t_i < τ]`` (slope, before its
+        factor ``1/scale``). Every pair writes a different ``G`` and ``D`` entry, so the loop
+        carries no dependency.
         """
         for k in range(o, o + m):
             s = tj - f_t[k]
             if s <= 0.0:
                 break
             r = f_r[k]
-            G[j, r] += dj * min(s, cap)
+            G[j, r] += np.rint(dq * min(s, cap)) * qj
             if want_D:
                 g = 1.0 if (s < tau or not use_slope) else 0.0
                 Db[f_i[k]] += dj * w2[j, r] * g
 
     @njit(parallel=True, cache=True, fastmath=RULE_MATH)
-    def _conv_rule(x, t_out, delta, w, use_slope, tau, T, want_D, G_parts, D):
-        """Update direction and displacement of a convolution.
+    def _conv_rule(x, t_out, delta, w, use_slope, tau, T, want_D, samples, iq, q, G_parts, D):
+        """Update direction and displacement of a convolution, for the samples ``samples``.
 
         ``x (B, C, H, W)`` padded input times, ``t_out``/``delta (B, Co, Ho, Wo)``, ``w (Co, C, K, K)``.
         Each position gets its receptive field's events in time order (as in the forward
         pass); every output with a nonzero ``δ`` — visited channel by channel, so that its
         rows of ``G`` and ``w`` stay in cache — then meets the prefix that fired before it.
-        Accumulates ``G · scale`` into ``G_parts (P, Co, C, K, K)`` (one slab per thread)
-        and, when ``want_D``, the displacement (without ``1/scale`` for the slope gate)
-        into ``D (B, C, H, W)``.
+        Accumulates ``G · scale``, every term rounded to a multiple of ``q[co]``
+        (``iq = 1 / q``), into ``G_parts (P, Co, C, K, K)`` (one slab per thread) and, when
+        ``want_D``, the displacement (without ``1/scale`` for the slope gate) into
+        ``D (B, C, H, W)``.
         """
         B, C, H, W = x.shape
         Co, _, K, _ = w.shape
@@ -361,43 +367,50 @@ if AVAILABLE:
         w2 = w.reshape(Co, C * K * K)
         cap = tau  # ε · scale = min(s, τ); the ramp (τ = inf) is never capped inside the window
         tables = _input_coordinates(C, H, W, K)
-        P = G_parts.shape[0]
+        P, n = G_parts.shape[0], samples.size
         for p in prange(P):
             G = G_parts[p].reshape(Co, C * K * K)
-            for b in range(p * B // P, (p + 1) * B // P):
+            for i in range(p * n // P, (p + 1) * n // P):
+                b = samples[i]
                 t_j, d_j = t_out[b].reshape(Co, L), delta[b].reshape(Co, L)
                 steps, inputs, _ = _sorted_events(x[b].reshape(-1), T, 0)
                 start, f_t, f_r, f_i = _fields_by_position(steps, inputs, H, W, K, tables)
                 Db = D[b].reshape(-1) if want_D else D[0].reshape(-1)
                 for co in range(Co):
                     for l in range(L):
-                        if d_j[co, l] != 0.0:
-                            _output_pairs(co, float(t_j[co, l]), float(d_j[co, l]), f_t, f_r, f_i, start[l], start[l + 1] - start[l],
-                                          w2, G, Db, cap, use_slope, tau, want_D)
+                        d = float(d_j[co, l])
+                        if d != 0.0:
+                            _output_pairs(co, float(t_j[co, l]), d, d * iq[co], q[co], f_t, f_r, f_i, start[l],
+                                          start[l + 1] - start[l], w2, G, Db, cap, use_slope, tau, want_D)
 
     @njit(parallel=True, cache=True, fastmath=RULE_MATH)
-    def _conv_rule_sweep(x, t_out, delta, w, use_slope, tau, T, want_D, G_parts, D):
+    def _conv_rule_sweep(x, t_out, delta, w, use_slope, tau, T, want_D, samples, iq, q, G_parts, D):
         """:func:`_conv_rule` without event lists: each output with a nonzero ``δ`` sweeps its
         whole receptive field, branch-free (inputs that fired later or never contribute
-        ``max(t_j − t_i, 0) = 0`` and a zero gate). Cheaper when the fields are small."""
+        ``max(t_j − t_i, 0) = 0`` and a zero gate). Cheaper when the fields are small. The
+        terms of ``G`` are those of :func:`_conv_rule`, rounded alike, so both kernels give
+        the same ``G`` to the bit."""
         B, C, H, W = x.shape
         Co, _, K, _ = w.shape
         Ho, Wo = H - K + 1, W - K + 1
-        P = G_parts.shape[0]
+        P, n = G_parts.shape[0], samples.size
         for p in prange(P):
             G = G_parts[p]
-            for b in range(p * B // P, (p + 1) * B // P):
+            for i in range(p * n // P, (p + 1) * n // P):
+                b = samples[i]
                 for co in range(Co):
+                    qc, iqc = q[co], iq[co]
                     for oy in range(Ho):
                         for ox in range(Wo):
                             d, tj = float(delta[b, co, oy, ox]), float(t_out[b, co, oy, ox])
                             if d == 0.0:
                                 continue
+                            dq = d * iqc
                             for c in range(C):
                                 for ky in range(K):
                                     xr, Gr = x[b, c, oy + ky, ox : ox + K], G[co, c, ky]
                                     for kx in range(K):
-                                        Gr[kx] += d * min(max(tj - xr[kx], 0.0), tau)
+                                        Gr[kx] += np.rint(dq * min(max(tj - xr[kx], 0.0), tau)) * qc
                                     if want_D:
                                         wr, Dr = w[co, c, ky], D[b, c, oy + ky, ox : ox + K]
                                         for kx in range(K):
@@ -406,9 +419,10 @@ if AVAILABLE:
                                             Dr[kx] += d * wr[kx] * g
 
     @njit(parallel=True, cache=True, fastmath=RULE_MATH)
-    def _dense_rule(x, t_out, delta, w, use_slope, tau, T, want_D, G_parts, D):
+    def _dense_rule(x, t_out, delta, w, use_slope, tau, T, want_D, samples, iq, q, G_parts, D):
         """The rule of a dense layer: ``x (B, N)``, ``t_out``/``delta (B, M)``, ``w (M, N)``,
-        ``G_parts (P, M, N)``, ``D (B, N)``.
+        ``G_parts (P, M, N)``, ``D (B, N)``; the samples ``samples``, terms of ``G`` rounded
+        to multiples of ``q[j]`` (``iq = 1 / q``).
 
         Every output sees every input, so each output with a nonzero ``δ`` sweeps all inputs
         in one branch-free, vectorised loop over contiguous rows; inputs that fired later
@@ -416,19 +430,20 @@ if AVAILABLE:
         """
         B, N = x.shape
         M = w.shape[0]
-        P = G_parts.shape[0]
+        P, n = G_parts.shape[0], samples.size
         for p in prange(P):
             G = G_parts[p]
-            for b in range(p * B // P, (p + 1) * B // P):
+            for k in range(p * n // P, (p + 1) * n // P):
+                b = samples[k]
                 xb, Db = x[b], D[b] if want_D else D[0]
                 for j in range(M):
                     d, tj = float(delta[b, j]), float(t_out[b, j])
                     if d == 0.0:
                         continue
-                    Gj, wj = G[j], w[j]
+                    Gj, wj, dq, qj = G[j], w[j], d * iq[j], q[j]
                     for i in range(N):
                         s = tj - xb[i]
-                        Gj[i] += d * min(max(s, 0.0), tau)
+                        Gj[i] += np.rint(dq * min(max(s, 0.0), tau)) * qj
                     if want_D:
                         for i in range(N):
                             s = tj - xb[i]
@@ -550,18 +565,21 @@ def _prefer_lazy(x: np.ndarray, fan_out: int, n_out: int, T: int, tau: float) ->
     return True
 
 
-def _prefer_sweep(x: np.ndarray, delta: np.ndarray, K: int, T: int) -> bool:
-    """Choose the convolution rule kernel by its cost model, estimated on (up to) 8 samples.
+def _prefer_sweep(x: np.ndarray, delta: np.ndarray, K: int, T: int) -> np.ndarray:
+    """Choose the convolution rule kernel of each sample by its cost model: ``(B,)`` booleans.
 
     The sweep visits every (output with a nonzero ``δ``, receptive-field input) pair. The
     event lists cost about 8 such visits per (input event, position it reaches) — dealing
     the events and the pairs that follow — plus a pass over the inputs and the steps. Small
-    fields (a first layer on pixels) favour the sweep, wide ones the lists.
+    fields (a first layer on pixels) favour the sweep, wide ones the lists. The choice
+    depends on the sample alone, never on the others in the batch: the two kernels give the
+    same update direction but sum the displacement in different orders, so a sample's
+    displacement must not depend on which shard of a batch it is in.
     """
-    n = min(x.shape[0], 8)
-    sweep = np.count_nonzero(delta[:n]) * x.shape[1] * K * K
-    lists = 8 * np.count_nonzero(x[:n] < T) * K * K + 4 * n * (x[0].size + T)
-    return bool(sweep < lists)
+    B = x.shape[0]
+    sweep = np.count_nonzero(delta.reshape(B, -1), axis=1) * x.shape[1] * K * K
+    lists = 8 * np.count_nonzero(x.reshape(B, -1) < T, axis=1) * K * K + 4 * (x[0].size + T)
+    return sweep < lists
 
 
 def _as_numpy(a: torch.Tensor) -> np.ndarray:
@@ -657,29 +675,53 @@ def rule(
     tau: float,
     padding: int = 0,
     need_displacement: bool = True,
+    quantum: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Update direction and displacement at once (see :mod:`stidi.kernels.vectorised`).
 
     Pairs each output that has a nonzero ``δ`` only with the inputs of its receptive field
     that fired before it (the only pairs that contribute); every sum runs in float64. The
     displacement is ``None`` when not needed (the first layer).
+
+    Each term ``δ_j · ε · scale`` of the update direction is rounded to a multiple of the
+    quantum of its output channel (see :mod:`stidi.kernels.fixed_point`), so the sums are
+    exact and the direction is the same to the bit whatever the number of threads, the
+    kernel chosen and the split of the batch. With ``quantum`` (``(J,)`` float64, one per
+    output channel or neuron) the direction comes back as that exact fixed-point sum
+    ``Σ δ ε · scale`` in float64 (for sums over several calls or processes; divide by
+    ``scale`` at the end); without it the quantum follows from this call's ``δ`` and the
+    direction is ``Σ δ ε`` in the weight's dtype. A sample's displacement depends only on
+    that sample.
     """
+    from .fixed_point import peak_delta, quantum as make_quantum
+
     _check_tau(tau)
     T, tau = int(T), float(tau)
     scale = float(T) if math.isinf(tau) else tau
     w = _as_numpy(weight)
     B = t_in.shape[0]
+    exact = quantum is not None
+    if quantum is None:
+        quantum = make_quantum(peak_delta(delta.reshape(B, weight.shape[0], -1)), B * (delta[0, 0].numel() if B else 1), T, tau)
+    q = np.ascontiguousarray(quantum.detach().cpu().numpy(), dtype=np.float64)
+    iq = 1.0 / q
     parts = max(1, min(B, numba.get_num_threads()))
     G_parts = np.zeros((parts, *w.shape))
     if weight.dim() == 2:
-        x, kernel = _as_numpy(t_in), _dense_rule
+        x = _as_numpy(t_in)
         t_j, d_j = _as_numpy(t_out.reshape(B, -1)), _as_numpy(delta.reshape(B, -1))
+        D = np.zeros(x.shape if need_displacement else (1,) * x.ndim)
+        _dense_rule(x, t_j, d_j, w, gate == "slope", tau, T, need_displacement, np.arange(B), iq, q, G_parts, D)
     else:
         x, t_j, d_j = _padded(t_in, padding), _as_numpy(t_out), _as_numpy(delta)
-        kernel = _conv_rule_sweep if _prefer_sweep(x, d_j, weight.shape[-1], T) else _conv_rule
-    D = np.zeros(x.shape if need_displacement else (1,) * x.ndim)
-    kernel(x, t_j, d_j, w, gate == "slope", tau, T, need_displacement, G_parts, D)
-    G = torch.from_numpy(G_parts.sum(0) / scale).to(weight.dtype)
+        D = np.zeros(x.shape if need_displacement else (1,) * x.ndim)
+        sweep = np.broadcast_to(np.asarray(_prefer_sweep(x, d_j, weight.shape[-1], T), dtype=bool), (B,))
+        for kernel, chosen in ((_conv_rule_sweep, sweep), (_conv_rule, ~sweep)):
+            samples = np.flatnonzero(chosen)
+            if samples.size:
+                kernel(x, t_j, d_j, w, gate == "slope", tau, T, need_displacement, samples, iq, q, G_parts, D)
+    total = G_parts.sum(0)  # exact: every entry of every slab is a multiple of its quantum
+    G = torch.from_numpy(total) if exact else torch.from_numpy(total / scale).to(weight.dtype)
     if not need_displacement:
         return G, None
     if gate == "slope":

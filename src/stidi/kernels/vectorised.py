@@ -19,6 +19,8 @@ where ``l`` runs over output positions and ``r`` over the receptive field.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -146,6 +148,28 @@ def update_direction(
         eps = psp(s, tau, T).flatten(2)                       # (J, R, bL)
         G += torch.bmm(eps, d.reshape(J, -1, 1)).squeeze(-1)
     return G.view_as(weight)
+
+
+def update_sum(
+    t_in: torch.Tensor, t_out: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor, T: int, tau: float,
+    quantum: torch.Tensor, padding: int = 0,
+) -> torch.Tensor:
+    """The exact fixed-point sum ``Σ_{b, positions} δ_j ε(t_j − t_i) · scale`` (float64, the shape of ``weight``).
+
+    Every term is rounded to a multiple of ``quantum[j]`` (``(J,)`` powers of two, see
+    :mod:`stidi.kernels.fixed_point`) before it is added, so the sum is exact and equals
+    :func:`stidi.kernels.event.rule` with the same quanta to the bit. Slower than
+    :func:`update_direction` (float64, no matrix product); training uses it so that the
+    result does not depend on the batch's split.
+    """
+    J = weight.shape[0]
+    q = quantum.to(device=t_in.device, dtype=torch.float64)
+    iq = (1.0 / q).view(J, 1, 1)
+    S = torch.zeros(J, weight[0].numel(), dtype=torch.float64, device=t_in.device)
+    for _, s, d in _pair_blocks(t_in.double(), t_out.double(), delta.double(), weight, padding):
+        s = s.clamp_(min=0.0) if math.isinf(tau) else s.clamp_(0.0, tau)  # ε · scale, (J, R, b, L)
+        S += s.mul_((d * iq).unsqueeze(1)).round_().sum((2, 3))  # integers below 2^53: exact in any order
+    return S.mul_(q.view(J, 1)).view(weight.shape)
 
 
 def displacement(
