@@ -1,12 +1,12 @@
-"""Write docs/results.md (and its learning-curve PNG) from results/accuracy.json and results/ablation.json.
+"""Write docs/results.md (and its learning-curve PNG) from results/accuracy.json, results/ablation.json and results/sweep-*.json.
 
 Usage: python benchmarks/render_results.py
 
 It also rewrites the table between the ``<!-- reproduction:start/end -->`` markers of
 README.md.
 
-Every figure in the page comes from those two files, which the committed scripts
-``benchmarks/reproduce.py`` and ``benchmarks/ablation.py`` write; nothing is typed in
+Every figure in the page comes from those files, which the committed scripts
+``benchmarks/reproduce.py``, ``benchmarks/ablation.py`` and ``benchmarks/sweep.py`` write; nothing is typed in
 by hand except the published figures of the paper and its neighbours, quoted with
 their source.
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,7 +37,7 @@ def pct(x: float | None) -> str:
 
 
 def accuracy_table(runs: dict[str, dict]) -> list[str]:
-    lines = ["| run | data | network | binary | epochs run | best epoch (by validation) | test accuracy | target | reached | training time (2 cores) | published |",
+    lines = ["| run | data | network | binary | epochs run | best epoch (by validation) | test accuracy | target | reached | training time (threads) | published |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, (dataset, binary, target, published) in TARGETS.items():
         r = runs.get(name)
@@ -47,7 +48,7 @@ def accuracy_table(runs: dict[str, dict]) -> list[str]:
         planned = f" of {r['epochs_planned']}" if r.get("epochs_planned") and r["epochs_planned"] != r["epochs"] else ""
         lines.append(f"| {name} | {dataset} | `{r['network']}` | {'yes' if r['binary'] else 'no'} | {r['epochs']}{planned} | "
                      f"{r['best_epoch']} | **{pct(r['test_accuracy'])}** | {pct(target)} | {reached} | "
-                     f"{r['train_seconds'] / 60:.0f} min | {published} |")
+                     f"{r['train_seconds'] / 60:.0f} min ({r.get('threads', '?')}) | {published} |")
     return lines
 
 
@@ -71,6 +72,44 @@ def ablation_table(ablation: dict) -> list[str]:
                        f"{r['hidden_firing']:.3f} | {r['seconds']:.0f} |")
         out.append("")
     return out
+
+
+def sweep_tables() -> list[str]:
+    """One table per results/sweep-NAME.json: the variants, best first, compared on validation accuracy."""
+    out = []
+    for path in sorted((ROOT / "results").glob("sweep-*.json")):
+        sweep = json.loads(path.read_text())
+        rows = sweep["rows"]
+        common = {k: v for k, v in rows[0]["overrides"].items() if all(r["overrides"].get(k) == v for r in rows)}
+        base = sweep.get("base_at") or f"benchmarks/configs/{sweep['base']}.toml"
+        stopped = " Variants with fewer epochs were stopped by the sweep's deadline." if len({r["epochs_done"] for r in rows}) > 1 else ""
+        note = f" ({sweep['commit_note']})" if sweep.get("commit_note") else ""
+        out += [f"### `{sweep['sweep']}`", "",
+                f"Against {base}, with {', '.join(f'{k} = {v}' for k, v in common.items()) or 'no common change'}. "
+                f"`{sweep['command']}` at commit `{sweep['commit'][:7]}`{note} on {sweep['machine']}, {sweep['jobs']} variants "
+                f"at once, one thread each; file `{path.relative_to(ROOT)}`.{stopped}", "",
+                "| variant | changes | epochs | validation accuracy by epoch | test at best validation | first-layer firing (last epoch) |",
+                "|---|---|---|---|---|---|"]
+        for r in rows:
+            changes = ", ".join(f"{k} = {v}" for k, v in r["overrides"].items() if k not in common) or "—"
+            vals = " → ".join(f"{100 * v:.2f}" for v in r["val_accuracy_by_epoch"] if v is not None) or "—"
+            firing = r["firing_fraction_last"][0] if r["firing_fraction_last"] else None
+            out.append(f"| {r['variant']} | {changes} | {r['epochs_done']} | {vals} | {pct(r['test_accuracy_at_best_val'])} | "
+                       f"{'—' if firing is None else f'{100 * firing:.1f} %'} |")
+        out.append("")
+    return out or ["No sweep has been run yet (`python benchmarks/sweep.py NAME`)."]
+
+
+def recipe_line(name: str) -> str:
+    """The margin, learning rate and epochs of a run's config, as a short phrase."""
+    path = ROOT / "benchmarks" / "configs" / f"{name}.toml"
+    if not path.exists():
+        return f"* {name}: config missing"
+    config = tomllib.loads(path.read_text())
+    rule, train, model = config.get("rule", {}), config.get("train", {}), config.get("model", {})
+    return (f"* {name} (`{path.relative_to(ROOT)}`): γ = {rule.get('gamma', 5.0):g}, lr {train.get('lr', 0.01)}, "
+            f"batch {train.get('batch_size', 32)}, {train.get('epochs', 3)} epochs, τ = {model.get('tau', 'inf')}, "
+            f"latency derivative {rule.get('latency_derivative', 'linear')}")
 
 
 def plot_curves(runs: dict[str, dict]) -> bool:
@@ -140,7 +179,7 @@ def main() -> int:
     lines += [f"* {name}: {r['firing_fraction_at_best']}" for name, r in sorted(runs.items())]
     lines += ["", "## Recipe", "",
               "Every run uses the plain STiDi-BP rule of [algorithm.md](algorithm.md) (linear latency derivative −t/θ, "
-              "fired-before mask, ramp PSP, forced firing, L2-normalised errors, γ = 60 steps, T = 256, no revival); its "
+              "fired-before mask, ramp PSP, forced firing, L2-normalised errors, T = 256, no revival); its "
               "training choices are fields of its config in `benchmarks/configs/`: Adam with per-layer learning rates "
               "relative to each layer's initial weight spread, a cosine schedule, batch 32, initialisation calibrated so "
               "that 30 % of each layer's driven neurons fire, and the last 5,000 training images held out for choosing "
@@ -148,9 +187,16 @@ def main() -> int:
               "`results/runs/mnist-rcsnn/`: model, best-by-validation model, metrics; an unfinished run's checkpoint "
               "is committed with it, so it can be continued later with the same command); a run that spans several "
               "invocations lists every commit it ran on.", "",
+              "The margin γ, learning rate and length of each run, from its config:", ""]
+    lines += [recipe_line(name) for name in TARGETS]
+    lines += ["",
               "Published neighbours (from their papers): S4NN 784-400-10 97.4 % (MNIST); BS4NN (binary) 97.0 % MNIST, "
               "87.3 % Fashion-MNIST; the best published TTFS CNNs ≈ 99.5 % MNIST / 93.1 % Fashion-MNIST.", "",
-              "## Ablation of the rule's options", ""]
+              "## Recipe sweeps", "",
+              "How the recipe was chosen: `benchmarks/sweep.py` trains variants of a config side by side and compares "
+              "them on the validation split (the test column only shows that the two agree).", ""]
+    lines += sweep_tables()
+    lines += ["## Ablation of the rule's options", ""]
     lines += ablation_table(ablation)
     DOC.write_text("\n".join(lines) + "\n")
     print(f"wrote {DOC}")

@@ -176,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "sweep": args.name,
         "base": sweep["base"],
+        "base_at": f"benchmarks/configs/{sweep['base']}.toml as of {_git('rev-parse', '--short', 'HEAD')}",
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "commit": _git("rev-parse", "HEAD"),
         "source_tree_dirty": _git("status", "--porcelain", "src") not in ("", "unknown"),
