@@ -1,13 +1,19 @@
 """Training/inference throughput and peak memory: STiDi-BP vs a plain CNN vs snnTorch BPTT.
 
-Usage: python benchmarks/throughput.py [--quick] [--threads N]
+Usage: python benchmarks/throughput.py [--quick] [--threads N] [--model PATH]
 
 Measures, in one run on one machine with one thread count, on real MNIST training
 images (the same images, in the same order, for every system), batch 64, with the
 default network's layer shapes 28×28 → 32C5 → pool2 → 64C5 → pool2 → (1024) → 10:
 
-* ``stidi``: STiDi-BP training and inference at T = 256 (TTFS encoding included),
-  with the default spike-time engine (the numba event engine on CPU);
+* ``stidi``: STiDi-BP training at T = 256 (TTFS encoding included), with the default
+  spike-time engine (the numba event engine on CPU), from the calibrated initialisation;
+  inference (early exit) of the trained reproduction model ``--model`` (default
+  ``results/runs/mnist-rcsnn/best.safetensors``, the same layer shapes), and of the freshly
+  initialised network as an extra figure. An event engine's cost follows the network's
+  spiking activity, and a trained network is what gets deployed; when the model file is
+  missing (or has other layer shapes) the inference row falls back to the fresh network
+  and says so;
 * ``cnn``: the same shapes as a plain PyTorch CNN (ReLU, max pooling), cross-entropy,
   Adam; inference under ``torch.inference_mode``;
 * ``snntorch-bptt-T25``: the same shapes as an snnTorch SNN of ``snn.Leaky`` neurons
@@ -36,6 +42,7 @@ import datetime
 import gc
 import hashlib
 import json
+import math
 import os
 import re
 import resource
@@ -56,6 +63,11 @@ T_SWEEP = (64, 256, 1024)
 CALIBRATION_IMAGES = 256  # as stidi.train
 QUICK_CALIBRATION_IMAGES = 64
 PROFILE_BATCHES = 10
+#: The trained network whose inference is timed (the mnist-rcsnn reproduction run).
+DEFAULT_MODEL = "results/runs/mnist-rcsnn/best.safetensors"
+#: Test images the trained model's accuracy is measured on (untimed; --quick: fewer).
+ACCURACY_IMAGES = 10000
+QUICK_ACCURACY_IMAGES = 1000
 
 #: ratio name → (target, comparison, description); ``>=``: at least, ``<=``: at most.
 TARGETS = {
@@ -185,9 +197,57 @@ def make_stidi(images, train: bool, T: int, calibration: int) -> tuple[Step, dic
 
     start = time.perf_counter()
     net, opt, rule, fired = stidi_setup(images, T, calibration)
-    info = {"T": T, "engine": kernels.default_engine(), "init_firing_fraction": fired,
+    info = {"T": T, "engine": kernels.default_engine(), "model": None, "init_firing_fraction": fired,
             "calibration_images": calibration, "init_seconds": round(time.perf_counter() - start, 1)}
     return stidi_step(net, opt, rule, train), info
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def trained_model(model: str) -> tuple[object | None, dict]:
+    """The trained network at ``model`` (relative to the repository) and what identifies it;
+    ``(None, {"model": None, "fallback": reason})`` when it is missing or has other layer
+    shapes than the default network (the CNN's)."""
+    from stidi.api import load
+    from stidi.config import load_config
+
+    path = (ROOT / model) if not Path(model).is_absolute() else Path(model)
+    shown = str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+    if not path.is_file():
+        return None, {"model": None, "fallback": f"{shown} not found"}
+    net = load(path)
+    default = load_config(None, {}).model
+    if net.spec != default.network or tuple(net.input_shape) != tuple(default.input_shape):
+        return None, {"model": None, "fallback": f"{shown} has layer shapes {net.spec} on {tuple(net.input_shape)}, "
+                                                 f"not the default {default.network} on {tuple(default.input_shape)}"}
+    return net, {"model": shown, "model_sha256": file_sha256(path), "T": net.T,
+                 "tau": net.tau if math.isfinite(net.tau) else "inf", "spec": net.spec}
+
+
+def test_accuracy(net, count: int) -> dict:
+    """Accuracy of ``net`` on the first ``count`` MNIST test images (untimed; undecided counts as wrong)."""
+    import numpy as np
+
+    from stidi.api import predict
+    from stidi.data import load_dataset
+
+    images, labels = load_dataset("mnist", "test", log=lambda message: None)
+    images, labels = images[:count], labels[:count]
+    classes = predict(net, images, batch_size=BATCH, early_exit=True).classes.numpy()
+    return {"test_accuracy": round(float(np.mean(classes == labels)), 4), "test_accuracy_images": int(len(labels))}
+
+
+def stidi_trained_infer(net, info: dict) -> tuple[Step, dict]:
+    """Early-exit inference of a loaded trained network (the timed loop of ``stidi-infer``)."""
+    from stidi import kernels
+
+    return stidi_step(net, None, None, False), {**info, "engine": kernels.default_engine()}
 
 
 def cnn_model():
@@ -400,7 +460,18 @@ def worker(args: argparse.Namespace) -> dict:
     if args.worker == "stidi-profile":
         return profile_stidi(images, labels, args.T, args.warmup, 2 if args.quick else PROFILE_BATCHES, calibration)
     system, mode = args.worker.rsplit("-", 1)
-    step, info = SYSTEMS[system](images, mode == "train", args.T, calibration)
+    if args.worker == "stidi-infer" and args.model:
+        net, info = trained_model(args.model)
+        if net is not None:
+            info.update(test_accuracy(net, QUICK_ACCURACY_IMAGES if args.quick else ACCURACY_IMAGES))
+            step, info = stidi_trained_infer(net, info)
+            record = run_timed(step, batches(images, labels), args.warmup, args.min_seconds, args.min_batches)
+            return {**record, **info, "torch_threads": torch.get_num_threads()}
+        fallback = info
+        step, info = make_stidi(images, False, args.T, calibration)
+        info.update(fallback)
+    else:
+        step, info = SYSTEMS[system](images, mode == "train", args.T, calibration)
     record = run_timed(step, batches(images, labels), args.warmup, args.min_seconds, args.min_batches)
     return {**record, **info, "torch_threads": torch.get_num_threads()}
 
@@ -415,33 +486,44 @@ def worker_env(threads: int) -> dict:
     return env
 
 
-def run_worker(name: str, T: int, args: argparse.Namespace) -> dict:
-    """Run ``--worker name`` in a subprocess; its record, or ``{"error": ...}`` if it failed."""
+def run_worker(name: str, T: int, args: argparse.Namespace, model: str = "") -> dict:
+    """Run ``--worker name`` in a subprocess; its record, or ``{"error": ...}`` if it failed.
+
+    ``model``: for ``stidi-infer``, the trained model to time (empty: the fresh network)."""
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--T", str(T),
                "--threads", str(args.threads), "--warmup", str(args.warmup),
-               "--min-seconds", str(args.min_seconds), "--min-batches", str(args.min_batches)]
+               "--min-seconds", str(args.min_seconds), "--min-batches", str(args.min_batches),
+               "--model", model]
     if args.quick:
         command.append("--quick")
-    print(f"[throughput] {name} (T={T}) ...", file=sys.stderr, flush=True)
+    label = f"{name} (T={T}{', ' + model if model else ''})"
+    print(f"[throughput] {label} ...", file=sys.stderr, flush=True)
     proc = subprocess.run(command, check=False, cwd=ROOT, env=worker_env(args.threads), stdout=subprocess.PIPE, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
     if proc.returncode != 0 or not lines:
-        print(f"[throughput] {name} failed (exit {proc.returncode})", file=sys.stderr, flush=True)
+        print(f"[throughput] {label} failed (exit {proc.returncode})", file=sys.stderr, flush=True)
         return {"error": f"worker exited with status {proc.returncode}"}
     record = json.loads(lines[-1][len(RESULT_PREFIX):])
     shown = record.get("images_per_s", record.get("total_ms_per_image"))
-    print(f"[throughput] {name} (T={T}): {shown}", file=sys.stderr, flush=True)
+    print(f"[throughput] {label}: {shown}", file=sys.stderr, flush=True)
     return record
 
 
-def row(system: str, train: dict, infer: dict) -> dict:
-    return {
+def row(system: str, train: dict, infer: dict, infer_fresh: dict | None = None) -> dict:
+    """One system's figures. For stidi, ``infer`` is the trained model's inference (or the
+    fresh network's, when it fell back) and ``infer_fresh`` the freshly initialised network's."""
+    record = {
         "system": system,
         "train_images_per_s": train.get("images_per_s"),
         "infer_images_per_s": infer.get("images_per_s"),
         "peak_rss_mb": train.get("peak_rss_mb") or train.get("process_max_rss_mb"),
         "details": {"train": train, "infer": infer},
     }
+    if infer_fresh is not None:
+        record["infer_model"] = infer.get("model")
+        record["infer_fresh_images_per_s"] = infer_fresh.get("images_per_s")
+        record["details"]["infer_fresh"] = infer_fresh
+    return record
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
@@ -455,6 +537,7 @@ def ratios(rows: dict[str, dict], by_t: dict[int, float | None], key: str = "ima
         "train_vs_cnn": ratio(s["train"].get(key), c["train"].get(key)),
         "train_vs_snntorch": ratio(s["train"].get(key), n["train"].get(key)),
         "infer_vs_cnn": ratio(s["infer"].get(key), c["infer"].get(key)),
+        "infer_fresh_vs_cnn": ratio((s.get("infer_fresh") or {}).get(key), c["infer"].get(key)),
         "train_T1024_vs_T64": ratio(by_t.get(1024, {}).get(key), by_t.get(64, {}).get(key)),
         "rss_vs_cnn": ratio(rows["stidi"]["peak_rss_mb"], rows["cnn"]["peak_rss_mb"]),
     }
@@ -483,6 +566,24 @@ def cpu_model() -> str:
     return match.group(1).strip() if match else (platform.processor() or platform.machine())
 
 
+def stidi_row(args: argparse.Namespace) -> dict:
+    """stidi's row: training; inference of the trained model (``--model``) with the freshly
+    initialised network's as an extra figure, or the fresh network's alone when the model is
+    missing (the fallback is recorded as ``details.infer.fallback``)."""
+    train = run_worker("stidi-train", STIDI_T, args)
+    fresh = run_worker("stidi-infer", STIDI_T, args)
+    path = Path(args.model) if args.model else None
+    if path is not None and not path.is_absolute():
+        path = ROOT / path
+    if path is None:
+        infer = {**fresh, "fallback": "no model given (--model '')"}
+    elif not path.is_file():
+        infer = {**fresh, "fallback": f"{args.model} not found"}
+    else:
+        infer = run_worker("stidi-infer", STIDI_T, args, model=args.model)
+    return row("stidi", train, infer, fresh)
+
+
 def measure(args: argparse.Namespace, command: str) -> dict:
     """Run every measurement (each in its own subprocess) and assemble the result record."""
     import torch
@@ -491,7 +592,7 @@ def measure(args: argparse.Namespace, command: str) -> dict:
     dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", "src"))
     started = time.perf_counter()
     rows = {
-        "stidi": row("stidi", run_worker("stidi-train", STIDI_T, args), run_worker("stidi-infer", STIDI_T, args)),
+        "stidi": stidi_row(args),
         "cnn": row("cnn", run_worker("cnn-train", 0, args), run_worker("cnn-infer", 0, args)),
         f"snntorch-bptt-T{SNN_STEPS}": row(f"snntorch-bptt-T{SNN_STEPS}", run_worker("snntorch-train", SNN_STEPS, args),
                                            run_worker("snntorch-infer", SNN_STEPS, args)),
@@ -600,6 +701,7 @@ def render(result: dict, json_path: str) -> str:
     for r in rows:
         lines.append(f"| {r['system']} | {fmt(r['train_images_per_s'])} | {fmt(median_of(r, 'train'))} "
                      f"| {fmt(r['infer_images_per_s'])} | {fmt(median_of(r, 'infer'))} | {fmt(r['peak_rss_mb'], 0)} |")
+    lines += inference_note(next(r for r in rows if r["system"] == "stidi"), result.get("ratios") or {})
     lines += ["", "STiDi-BP training throughput by time window:", "",
               "| T | Training images/s | (median batch) |", "|---:|---:|---:|"]
     lines += [f"| {r['T']} | {fmt(r['train_images_per_s'])} | {fmt(r.get('median_batch_images_per_s'))} |"
@@ -625,10 +727,13 @@ def render(result: dict, json_path: str) -> str:
         f"starting from the initialisation calibrated on the first {stidi_info.get('calibration_images', '?')} images "
         f"(firing fraction per weighted layer {stidi_info.get('init_firing_fraction', '?')}; untimed, "
         f"{stidi_info.get('init_seconds', '?')} s); inference is the classes of a batch, "
-        f"`Network.predict(t_in, early_exit=True)` on the initialised network: each layer is simulated only "
+        f"`Network.predict(t_in, early_exit=True)`: each layer is simulated only "
         f"up to a horizon chosen from recent decision times, the samples not decided by then again to T "
         f"(exact by causality: the same classes and decision times as the full forward pass, `stidi.inference`). "
-        f"The event engine's cost grows with the number of spikes, so throughput depends on firing activity.",
+        f"The event engine's cost grows with the number of spikes, so throughput depends on firing activity: "
+        f"the inference row and `infer_vs_cnn` time the trained model named under the table when there is one (what is deployed), the "
+        f"freshly initialised network's figure is given beside it; the model's test accuracy is measured "
+        f"untimed, with the same early-exit prediction.",
         "* cnn: `Conv2d(1,32,5) ReLU MaxPool2d(2) Conv2d(32,64,5) ReLU MaxPool2d(2) Flatten Linear(1024,10)`, "
         "cross-entropy, Adam; inference under `torch.inference_mode`. Conversion of the uint8 images to floats is timed.",
         f"* {next(r['system'] for r in rows if r['system'].startswith('snntorch'))}: snnTorch "
@@ -651,6 +756,29 @@ def render(result: dict, json_path: str) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def inference_note(stidi: dict, ratios: dict) -> list[str]:
+    """Which stidi network the inference figures are for (trained model or fresh network)."""
+    infer = (stidi.get("details") or {}).get("infer") or {}
+    fresh = (stidi.get("details") or {}).get("infer_fresh")
+    if fresh is None:  # a record from before the trained model was timed
+        return ["", "stidi inference above: the freshly initialised network (calibrated to the initial firing fraction)."]
+    fresh_text = (f"the freshly initialised network (calibrated to the initial firing fraction, not trained) "
+                  f"runs at {fmt(stidi.get('infer_fresh_images_per_s'))} images/s "
+                  f"(median batch {fmt(fresh.get('median_batch_images_per_s'))}; "
+                  f"{fmt(ratios.get('infer_fresh_vs_cnn'), 2)} × the CNN)")
+    if infer.get("model"):
+        accuracy = infer.get("test_accuracy")
+        accuracy_text = ("" if accuracy is None else
+                         f", test accuracy {100 * accuracy:.2f} % on {infer.get('test_accuracy_images', '?'):,} MNIST test images")
+        return ["", f"**stidi inference is timed on the trained model** `{infer['model']}` "
+                    f"(sha256 `{infer.get('model_sha256', '?')[:16]}…`, T = {infer.get('T', '?')}{accuracy_text}): "
+                    f"{fmt(infer.get('images_per_s'))} images/s, the figure in the table and in `infer_vs_cnn`; "
+                    f"{fresh_text}."]
+    reason = infer.get("fallback", "no trained model")
+    return ["", f"**stidi inference is timed on the freshly initialised network** ({reason}): "
+                f"{fmt(infer.get('images_per_s'))} images/s; no trained model was timed."]
 
 
 def render_profile(profile: dict) -> list[str]:
@@ -686,6 +814,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", help="result JSON (default results/throughput.json, --quick results/throughput-quick.json)")
     parser.add_argument("--doc", help="generated Markdown (default docs/performance.md; --quick: none unless given)")
     parser.add_argument("--render-only", action="store_true", help="only regenerate the doc from the existing result JSON")
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help=f"trained model whose inference is timed (default {DEFAULT_MODEL}; empty or missing: "
+                             "the freshly initialised network)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--T", type=int, default=STIDI_T, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
