@@ -31,7 +31,8 @@ OUT = ROOT / "results" / "ablation.json"
 
 #: variant name -> (config overrides, what it tests)
 VARIANTS: dict[str, tuple[dict, str]] = {
-    "specification defaults": ({}, "∂t/∂u ≈ −t/θ, fired-before mask, ramp PSP (τ = ∞), forced firing, L2 error norm"),
+    "specification defaults": ({}, "∂t/∂u ≈ −t/θ, fired-before mask, ramp PSP (τ = ∞), forced firing, L2 error norm, margin γ = 5"),
+    "margin γ = 60": ({"rule": {"gamma": 60.0}}, "a wide target margin (the first recipe's)"),
     "latency derivative −1": ({"rule": {"latency_derivative": "unit"}}, "∂t/∂u ≈ −1 instead of −t/θ"),
     "gate ε′, τ = 32": ({"rule": {"displacement_gate": "slope"}, "model": {"tau": 32.0}}, "displacement gate ε′ (τ = 32; for the ramp ε′ is the mask up to a constant)"),
     "mask, τ = 32": ({"model": {"tau": 32.0}}, "PSP rise time τ = 32 with the mask gate"),
