@@ -63,6 +63,11 @@ def ablation_table(ablation: dict) -> list[str]:
             budgets.append(r["budget"])
     for b in budgets:
         base = f"`{b['base']}`" if b.get("base") else "the default configuration (`src/stidi/config.py`)"
+        runs = [r for r in ablation.get("runs", []) if r["budget"] == b and r["variant"] == "specification defaults"]
+        if runs:
+            c = runs[0]["config"]
+            base += (f" as of commit `{runs[0]['commit'][:7]}` (γ = {c['rule']['gamma']:g}, lr {c['train']['lr']}, "
+                     f"batch {c['train']['batch_size']})")
         out += [f"Budget: `{b['network']}`, first {b['images']:,} MNIST training images, {b['epochs']} epochs, starting from "
                 f"{base}; test accuracy on the full 10,000-image test set after the last epoch, mean ± std over seeds.", "",
                 "| variant | seeds | test accuracy | hidden firing fraction | seconds per run |", "|---|---|---|---|---|"]
