@@ -70,11 +70,18 @@ def ablation_table(ablation: dict) -> list[str]:
                      f"batch {c['train']['batch_size']})")
         out += [f"Budget: `{b['network']}`, first {b['images']:,} MNIST training images, {b['epochs']} epochs, starting from "
                 f"{base}; test accuracy on the full 10,000-image test set after the last epoch, mean ± std over seeds.", "",
-                "| variant | seeds | test accuracy | hidden firing fraction | seconds per run |", "|---|---|---|---|---|"]
-        for r in (r for r in rows if r["budget"] == b):
+                "| variant | seeds | test accuracy | first-layer firing fraction | seconds per run |", "|---|---|---|---|---|"]
+        ordered = sorted((r for r in rows if r["budget"] == b),
+                         key=lambda r: (r["variant"] != "specification defaults", -r["mean"]))
+        for r in ordered:
             spread = f" ± {100 * r['std']:.2f} %" if r["seeds"] > 1 else " % (one seed)"
             out.append(f"| {r['variant']} | {r['seeds']} | {100 * r['mean']:.2f}{spread} | "
                        f"{r['hidden_firing']:.3f} | {r['seconds']:.0f} |")
+        machines = sorted({r.get("machine") for r in ablation.get("runs", []) if r["budget"] == b and r.get("machine")})
+        if len(machines) > 1:
+            out.append("")
+            out.append("The runs ran on " + " and on ".join(machines) + " (each run's `machine` field says which), "
+                       "so the seconds are not comparable between rows.")
         out.append("")
     return out
 
