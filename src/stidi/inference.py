@@ -37,8 +37,6 @@ import numpy as np
 import torch
 
 from . import kernels
-from .kernels import event
-from .layers import Pool
 from .network import Network, Prediction, Trace
 
 #: Expected saving (fraction of a full scan) below which the first pass is a full scan.
@@ -61,15 +59,10 @@ def forward_until(net: Network, t_in: torch.Tensor, horizon: np.ndarray) -> tupl
     sample's horizon has its exact time (the same as in :meth:`Network.trace`), every
     later one is ``inf``: see the module docstring for why this is exact.
     """
-    t = t_in
-    previous = t
-    for i, layer in enumerate(net.layers):
+    previous = t = t_in
+    for i in range(len(net.layers)):
         previous = t
-        if isinstance(layer, Pool):
-            t, _ = kernels.earliest_pool(t, layer.kernel)
-        else:
-            x, padding = net.layer_operands(i, t)
-            t = event.spike_times(x, net.weight_of(i), net.threshold_of(i), net.T, net.tau, padding, horizon=horizon)
+        t, _ = net.layer_forward(i, t, horizon=horizon)
     return previous, t
 
 

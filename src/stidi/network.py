@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -134,14 +135,20 @@ class Network(nn.Module):
         x = t_in.flatten(1) if isinstance(layer, Dense) else t_in
         return x, (layer.padding if isinstance(layer, Conv) else 0)
 
-    def layer_forward(self, index: int, t_in: torch.Tensor, weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Output times of layer ``index`` (and pooling winners, for a pooling layer)."""
+    def layer_forward(self, index: int, t_in: torch.Tensor, weight: torch.Tensor | None = None,
+                      horizon: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Output times of layer ``index`` (and pooling winners, for a pooling layer).
+
+        ``horizon`` (``(B,)`` steps) simulates each sample only up to its step: spikes at or
+        before it are exact, later ones ``inf`` (:mod:`stidi.inference`; event engine only).
+        Pooling, a minimum, needs no horizon: it keeps that property.
+        """
         layer = self.layers[index]
         if isinstance(layer, Pool):
             return kernels.earliest_pool(t_in, layer.kernel)
         w = self.weight_of(index) if weight is None else weight
         x, padding = self.layer_operands(index, t_in)
-        return kernels.spike_times(x, w, self.threshold_of(index), self.T, self.tau, padding), None
+        return kernels.spike_times(x, w, self.threshold_of(index), self.T, self.tau, padding, horizon=horizon), None
 
     @torch.no_grad()
     def trace(self, t_in: torch.Tensor) -> Trace:

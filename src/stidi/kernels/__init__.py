@@ -36,10 +36,16 @@ def _use_event(engine: str, t: torch.Tensor, tau: float) -> bool:
     return engine == "event" and event.AVAILABLE and t.device.type == "cpu" and (math.isinf(tau) or float(tau).is_integer())
 
 
-def spike_times(t_in, weight, theta, T, tau, padding=0, engine: str | None = None):
-    """Spike times of a dense or convolution layer with the chosen engine."""
+def spike_times(t_in, weight, theta, T, tau, padding=0, engine: str | None = None, horizon=None):
+    """Spike times of a dense or convolution layer with the chosen engine.
+
+    ``horizon`` (``(B,)`` steps, event engine only) stops each sample's scan there: see
+    :func:`stidi.kernels.event.spike_times`.
+    """
     if _use_event(engine or default_engine(), t_in, tau):
-        return event.spike_times(t_in, weight, theta, T, tau, padding)
+        return event.spike_times(t_in, weight, theta, T, tau, padding, horizon=horizon)
+    if horizon is not None:
+        raise ValueError("a scan horizon needs the event engine (numba, CPU, integer tau or inf)")
     return vectorised.spike_times(t_in, weight, theta, T, tau, padding)
 
 

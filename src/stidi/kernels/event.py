@@ -34,6 +34,8 @@ import math
 import numpy as np
 import torch
 
+from . import fixed_point
+
 try:
     import numba
     from numba import njit, prange
@@ -693,8 +695,6 @@ def rule(
     direction is ``Σ δ ε`` in the weight's dtype. A sample's displacement depends only on
     that sample.
     """
-    from .fixed_point import peak_delta, quantum as make_quantum
-
     _check_tau(tau)
     T, tau = int(T), float(tau)
     scale = float(T) if math.isinf(tau) else tau
@@ -702,7 +702,7 @@ def rule(
     B = t_in.shape[0]
     exact = quantum is not None
     if quantum is None:
-        quantum = make_quantum(peak_delta(delta.reshape(B, weight.shape[0], -1)), B * (delta[0, 0].numel() if B else 1), T, tau)
+        quantum = fixed_point.quantum(fixed_point.peak_delta(delta.reshape(B, weight.shape[0], -1)), B * (delta[0, 0].numel() if B else 1), T, tau)
     q = np.ascontiguousarray(quantum.detach().cpu().numpy(), dtype=np.float64)
     iq = 1.0 / q
     parts = max(1, min(B, numba.get_num_threads()))
