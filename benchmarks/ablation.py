@@ -29,7 +29,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "results" / "ablation.json"
-OUT = DEFAULT_OUT
 
 #: variant name -> (config overrides, what it tests)
 VARIANTS: dict[str, tuple[dict, str]] = {
@@ -52,15 +51,15 @@ def merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def load() -> dict:
-    return json.loads(OUT.read_text()) if OUT.exists() else {"runs": []}
+def load(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {"runs": []}
 
 
-def save(data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=OUT.parent, suffix=".tmp")
+def save(data: dict, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     with os.fdopen(fd, "w") as f:
         f.write(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, OUT)
+    os.replace(tmp, path)
 
 
 def summary(data: dict) -> list[dict]:
@@ -104,7 +103,6 @@ def run_one(name: str, seed: int, base: dict, budget: dict, images: int, threads
 
 
 def main() -> int:
-    global OUT
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--network", default="32C5-P2-64C5-P2-10")
     parser.add_argument("--images", type=int, default=10000)
@@ -116,7 +114,7 @@ def main() -> int:
     parser.add_argument("--base", metavar="TOML", help="config whose [model]/[rule]/[train] the variants start from")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="results file (default: results/ablation.json)")
     args = parser.parse_args()
-    OUT = Path(args.out)
+    out = Path(args.out)
 
     import tomllib
     from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -133,7 +131,7 @@ def main() -> int:
         commit = ""
     commit = commit or os.environ.get("STIDI_COMMIT", "unknown")
     command = "python benchmarks/ablation.py " + " ".join(sys.argv[1:])
-    data = load()
+    data = load(out)
     # seeds outermost: an interrupted ablation has every variant at one seed before any at two
     todo = [(name, seed) for seed in range(args.seeds) for name in args.variants or list(VARIANTS)
             if not any(r["variant"] == name and r["seed"] == seed and r["budget"] == budget for r in data["runs"])]
@@ -141,7 +139,7 @@ def main() -> int:
     def done(record: dict) -> None:
         data["runs"].append(record)
         data["summary"] = summary(data)
-        save(data)
+        save(data, out)
         print(f"{record['variant']} seed {record['seed']}: test accuracy {record['test_accuracy']:.4f} "
               f"({record['train_seconds']:.0f} s)", flush=True)
 
@@ -155,7 +153,7 @@ def main() -> int:
             for future in as_completed(futures):
                 done(future.result())
     data["summary"] = summary(data)
-    save(data)
+    save(data, out)
     return 0
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import sys
-import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,15 +112,17 @@ def sweep_tables() -> list[str]:
 
 
 def recipe_line(name: str) -> str:
-    """The margin, learning rate and epochs of a run's config, as a short phrase."""
+    """The margin, learning rate and length of a run's config (with stidi's defaults filled in), as a short phrase."""
     path = ROOT / "benchmarks" / "configs" / f"{name}.toml"
     if not path.exists():
         return f"* {name}: config missing"
-    config = tomllib.loads(path.read_text())
-    rule, train, model = config.get("rule", {}), config.get("train", {}), config.get("model", {})
-    return (f"* {name} (`{path.relative_to(ROOT)}`): γ = {rule.get('gamma', 5.0):g}, lr {train.get('lr', 0.01)}, "
-            f"batch {train.get('batch_size', 32)}, {train.get('epochs', 3)} epochs, τ = {model.get('tau', 'inf')}, "
-            f"latency derivative {rule.get('latency_derivative', 'linear')}")
+    sys.path.insert(0, str(ROOT / "src"))
+    from stidi.config import load_config
+
+    c = load_config(path)
+    return (f"* {name} (`{path.relative_to(ROOT)}`): γ = {c.rule.gamma:g}, lr {c.train.lr}, "
+            f"batch {c.train.batch_size}, {c.train.epochs} epochs, τ = {c.model.tau:g}, "
+            f"latency derivative {c.rule.latency_derivative}")
 
 
 def plot_curves(runs: dict[str, dict]) -> bool:

@@ -90,7 +90,7 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
-def launch(name: str, variant: str, config: dict, out: Path) -> subprocess.Popen:
+def launch(config: dict, out: Path) -> subprocess.Popen:
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.toml").write_text(to_toml(config))
     command = [sys.executable, "-m", "stidi", "train", "--config", str(out / "config.toml"), "--out", str(out),
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         while queue or running:
             while queue and len(running) < args.jobs and not stopped:
                 variant = queue.pop(0)
-                running[variant] = launch(args.name, variant, merged_config(base, common, variants[variant]), root / variant)
+                running[variant] = launch(merged_config(base, common, variants[variant]), root / variant)
                 print(f"[{time.time() - started:6.0f}s] started {variant}", flush=True)
             if args.deadline and time.time() - started > args.deadline and not stopped:
                 stopped = True

@@ -230,14 +230,12 @@ def trained_model(model: str) -> tuple[object | None, dict]:
                  "tau": net.tau if math.isfinite(net.tau) else "inf", "spec": net.spec}
 
 
-def test_accuracy(net, count: int) -> dict:
-    """Accuracy of ``net`` on the first ``count`` MNIST test images (untimed; undecided counts as wrong)."""
+def test_accuracy(net, images, labels, count: int) -> dict:
+    """Accuracy of ``net`` on the first ``count`` of the MNIST test ``images`` (untimed; undecided counts as wrong)."""
     import numpy as np
 
     from stidi.api import predict
-    from stidi.data import load_dataset
 
-    images, labels = load_dataset("mnist", "test", log=lambda message: None)
     images, labels = images[:count], labels[:count]
     classes = predict(net, images, batch_size=BATCH, early_exit=True).classes.numpy()
     return {"test_accuracy": round(float(np.mean(classes == labels)), 4), "test_accuracy_images": int(len(labels))}
@@ -463,10 +461,11 @@ def worker(args: argparse.Namespace) -> dict:
     if args.worker == "stidi-infer" and args.model:
         net, info = trained_model(args.model)
         if net is not None:
-            info.update(test_accuracy(net, QUICK_ACCURACY_IMAGES if args.quick else ACCURACY_IMAGES))
+            test_images, test_labels = load_mnist("test")
+            info.update(test_accuracy(net, test_images, test_labels, QUICK_ACCURACY_IMAGES if args.quick else ACCURACY_IMAGES))
             step, info = stidi_trained_infer(net, info)
             # a trained network's activity (and so its cost) is measured on images it never saw: the test set
-            record = run_timed(step, batches(*load_mnist("test")), args.warmup, args.min_seconds, args.min_batches)
+            record = run_timed(step, batches(test_images, test_labels), args.warmup, args.min_seconds, args.min_batches)
             info["timed_on"] = "MNIST test images"
             return {**record, **info, "torch_threads": torch.get_num_threads()}
         fallback = info
