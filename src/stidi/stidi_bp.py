@@ -133,9 +133,7 @@ def update_sums(net: Network, trace: Trace, labels: torch.Tensor, opts: RuleOpti
         x, padding = net.layer_operands(i, t_in)
         t_rule = t_out.clamp(max=T)
         delta = error.reshape(t_rule.shape) * latency_gain(t_rule, theta, opts.latency_derivative)
-        J = w.shape[0]
-        peak = agree(fixed_point.peak_delta(delta.reshape(B, J, -1)))
-        q = fixed_point.quantum(peak, batch * (delta[0].numel() // J), T, net.tau)
+        q = fixed_point.batch_quantum(delta, batch, T, net.tau, agree)
         sums[k], shift = kernels.rule(x, t_rule, delta, w, opts.displacement_gate, T, net.tau, padding,
                                       need_displacement=i > 0, quantum=q)
         if shift is not None and opts.revival > 0:

@@ -702,7 +702,7 @@ def rule(
     B = t_in.shape[0]
     exact = quantum is not None
     if quantum is None:
-        quantum = fixed_point.quantum(fixed_point.peak_delta(delta.reshape(B, weight.shape[0], -1)), B * (delta[0, 0].numel() if B else 1), T, tau)
+        quantum = fixed_point.batch_quantum(delta, B, T, tau)
     q = np.ascontiguousarray(quantum.detach().cpu().numpy(), dtype=np.float64)
     iq = 1.0 / q
     parts = max(1, min(B, numba.get_num_threads()))

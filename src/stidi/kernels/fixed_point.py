@@ -24,6 +24,7 @@ direction is finally rounded to.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 
@@ -58,3 +59,15 @@ def peak_delta(delta: torch.Tensor) -> torch.Tensor:
     if delta.shape[0] == 0:
         return torch.zeros(J, dtype=torch.float64)
     return delta.detach().abs().transpose(0, 1).reshape(J, -1).amax(1).double()
+
+
+def batch_quantum(delta: torch.Tensor, batch: int, T: int, tau: float,
+                  agree: Callable[[torch.Tensor], torch.Tensor] = lambda peak: peak) -> torch.Tensor:
+    """Quanta for the update sums of a layer with errors ``delta`` ``(B, J, *positions)``.
+
+    ``batch`` is the global batch (``B`` for one process); ``agree`` turns this process's
+    per-channel ``max |δ|`` into the maximum over all processes (the identity alone), so
+    every process of a data-parallel step uses the same quanta.
+    """
+    peak = agree(peak_delta(delta.reshape(delta.shape[0], delta.shape[1], -1)))
+    return quantum(peak, batch * math.prod(delta.shape[2:]), T, tau)
