@@ -32,6 +32,7 @@ import torch
 from . import distributed
 from .config import Config
 from .distributed import SINGLE, Context
+from .augment import epoch_shifts, shift_images
 from .encoding import ttfs_encode
 from .errors import ModelFileError, StidiError
 from .io import atomic_write, build_network, load_tensors, network_tensors, restore_weights, save_model, save_tensors, sidecar
@@ -62,8 +63,12 @@ class Dataset:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def spike_times(self, index: torch.Tensor | slice, T: int, input_shape: tuple[int, ...]) -> torch.Tensor:
+    def spike_times(self, index: torch.Tensor | slice, T: int, input_shape: tuple[int, ...],
+                    shifts: torch.Tensor | None = None) -> torch.Tensor:
+        """Input spike times of the images ``index``, each first translated by its row of ``shifts`` if given."""
         images = self.images[index.numpy() if isinstance(index, torch.Tensor) else index]
+        if shifts is not None:
+            images = shift_images(images, shifts)
         return ttfs_encode(images, T).reshape(-1, *input_shape)
 
 
@@ -232,6 +237,7 @@ class Trainer:
         self.timing: list[dict] = []
         self.partial: dict | None = None  # {"epoch", "step", "correct", "seconds"} of an unfinished epoch
         self.stop_signal: int | None = None
+        self.shifts: torch.Tensor | None = None  # this epoch's augmentation offsets (see stidi.augment)
 
     # -- state -------------------------------------------------------------------------
     def start_fresh(self) -> None:
@@ -311,6 +317,7 @@ class Trainer:
     def _train_epoch(self, epoch: int) -> tuple[dict, dict]:
         t, data, net = self.t, self.train_set, self.net
         order = torch.randperm(len(data), generator=torch.Generator().manual_seed(t.seed * 100003 + epoch))
+        self.shifts = epoch_shifts(len(data), t.augment_shift, t.seed, epoch) if t.augment_shift else None
         resumed = self.partial if self.partial and self.partial["epoch"] == epoch else None
         first_step = resumed["step"] if resumed else 0
         correct, seconds = (resumed["correct"], resumed["seconds"]) if resumed else (0, 0.0)
@@ -357,7 +364,8 @@ class Trainer:
         if len(idx) == 0:  # a rank's share of a last batch smaller than the number of ranks
             return idle_sums(net, agree), Trace([]), 0
         labels = data.labels[idx]
-        trace = net.trace(data.spike_times(idx, net.T, net.input_shape))
+        shifts = self.shifts[idx] if self.shifts is not None else None
+        trace = net.trace(data.spike_times(idx, net.T, net.input_shape, shifts))
         hits = int((net.readout(trace).classes == labels).sum())
         return update_sums(net, trace, labels, self.rule, batch, agree), trace, hits
 

@@ -1,0 +1,73 @@
+"""Random-shift augmentation: exact translations, reproducible offsets, training that uses them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from safetensors.torch import load_file
+
+from stidi.augment import epoch_shifts, shift_images
+from stidi.config import load_config
+from stidi.errors import StidiError
+from stidi.train import Dataset, train
+
+
+def _naive_shift(image: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    out = np.zeros_like(image)
+    height, width = image.shape[-2:]
+    for y in range(height):
+        for x in range(width):
+            if 0 <= y - dy < height and 0 <= x - dx < width:
+                out[..., y, x] = image[..., y - dy, x - dx]
+    return out
+
+
+@given(st.integers(1, 5), st.integers(1, 7), st.integers(1, 7), st.booleans(), st.integers(0, 3), st.integers(0, 2**31 - 1))
+def test_shift_matches_pixel_by_pixel_translation(n, height, width, channels, max_shift, seed):
+    rng = np.random.default_rng(seed)
+    shape = (n, 2, height, width) if channels else (n, height, width)
+    images = rng.integers(1, 256, size=shape, dtype=np.uint8)
+    shifts = torch.as_tensor(rng.integers(-max_shift, max_shift + 1, size=(n, 2)))
+    got = shift_images(images, shifts).numpy()
+    for k in range(n):
+        assert np.array_equal(got[k], _naive_shift(images[k], *shifts[k].tolist()))
+
+
+def test_epoch_shifts_are_reproducible_bounded_and_change_each_epoch():
+    a, b = epoch_shifts(5000, 2, seed=3, epoch=1), epoch_shifts(5000, 2, seed=3, epoch=1)
+    assert torch.equal(a, b)
+    assert int(a.min()) == -2 and int(a.max()) == 2
+    assert not torch.equal(a, epoch_shifts(5000, 2, seed=3, epoch=2))
+    assert not torch.equal(a, epoch_shifts(5000, 2, seed=4, epoch=1))
+
+
+def test_flat_images_are_refused_with_a_hint():
+    with pytest.raises(StidiError, match="augment_shift = 0"):
+        shift_images(np.ones((3, 784), dtype=np.uint8), torch.zeros(3, 2, dtype=torch.long))
+
+
+def test_dataset_encodes_the_shifted_images():
+    images = np.random.default_rng(0).integers(0, 256, size=(4, 6, 6), dtype=np.uint8)
+    data = Dataset(images, np.zeros(4, dtype=np.int64))
+    shifts = torch.tensor([[1, 0], [0, -1], [2, 2], [0, 0]])
+    idx = torch.tensor([2, 0, 3])
+    got = data.spike_times(idx, 32, (1, 6, 6), shifts[idx])
+    want = Dataset(shift_images(images[[2, 0, 3]], shifts[idx]).numpy(), np.zeros(3)).spike_times(slice(None), 32, (1, 6, 6))
+    assert torch.equal(got, want)
+
+
+def _run(tmp_path, name, shift):
+    config = load_config(None, {"model": {"network": "4C5-P2-10", "T": 32},
+                                "train": {"train_limit": 96, "test_limit": 32, "batch_size": 16, "epochs": 2,
+                                          "augment_shift": shift, "threads": 1}})
+    train(config, tmp_path / name, progress=False, log=lambda m: None)
+    return load_file(tmp_path / name / "model.safetensors")
+
+
+def test_training_with_shifts_is_reproducible_and_differs_from_no_shifts(tmp_path):
+    shifted, again, plain = _run(tmp_path, "a", 2), _run(tmp_path, "b", 2), _run(tmp_path, "c", 0)
+    assert all(torch.equal(shifted[k], again[k]) for k in shifted)
+    assert any(not torch.equal(shifted[k], plain[k]) for k in shifted)
