@@ -35,7 +35,6 @@ data-parallel run applies exactly the update of one process (:mod:`stidi.distrib
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -44,6 +43,7 @@ import torch.nn.functional as F
 
 from . import kernels
 from .kernels import fixed_point
+from .kernels.psp import psp_scale
 from .kernels import vectorised as engine
 from .layers import Conv, Pool
 from .network import Network, Trace
@@ -158,7 +158,7 @@ def finish_directions(net: Network, sums: list[torch.Tensor], opts: RuleOptions,
     number of positions for ``conv_update = "mean"`` and by ``batch``, then rounded once
     to the weights' dtype — the same arithmetic whoever computed the sums.
     """
-    scale = float(net.T) if math.isinf(net.tau) else float(net.tau)
+    scale = psp_scale(net.tau, net.T)
     directions = []
     for k, i in enumerate(net.weighted):
         G = sums[k].double() / scale
@@ -184,7 +184,7 @@ def _revive_silent(shift: torch.Tensor, x: torch.Tensor, delta: torch.Tensor, w:
     ``g₀`` is the gate's value on a rising PSP (1 for the mask; ``1/τ``, or ``1/T`` for
     the ramp, for the slope gate). Inputs that fired keep their gated displacement.
     """
-    g0 = 1.0 if gate == "mask" else 1.0 / (T if math.isinf(tau) else tau)
+    g0 = 1.0 if gate == "mask" else 1.0 / psp_scale(tau, T)
     if w.dim() == 2:
         open_shift = delta.reshape(delta.shape[0], -1) @ w
     else:

@@ -30,9 +30,9 @@ import numpy as np
 import torch
 
 from . import distributed
+from .augment import epoch_shifts, shift_images
 from .config import Config
 from .distributed import SINGLE, Context
-from .augment import epoch_shifts, shift_images
 from .encoding import ttfs_encode
 from .errors import ModelFileError, StidiError
 from .io import atomic_write, build_network, load_tensors, network_tensors, restore_weights, save_model, save_tensors, sidecar

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from . import fixed_point
+from .psp import psp_scale
 
 try:
     import numba
@@ -697,7 +698,7 @@ def rule(
     """
     _check_tau(tau)
     T, tau = int(T), float(tau)
-    scale = float(T) if math.isinf(tau) else tau
+    scale = psp_scale(tau, T)
     w = _as_numpy(weight)
     B = t_in.shape[0]
     exact = quantum is not None

@@ -28,6 +28,8 @@ from typing import Callable
 
 import torch
 
+from .psp import psp_scale
+
 #: ``q = 2^(e − HEADROOM)`` for a bound ``< 2^e``: the bound stays below ``2^52 q``.
 HEADROOM = 52
 
@@ -41,7 +43,7 @@ def quantum(peak: torch.Tensor, terms: int, T: int, tau: float) -> torch.Tensor:
     all processes. A channel without a finite, nonzero bound gets ``q = 1`` (its terms
     are zero, or NaN/inf and stay so).
     """
-    cap = float(T) if math.isinf(tau) else min(float(T), float(tau))
+    cap = min(float(T), psp_scale(tau, T))  # the largest value of ε · scale inside the window
     out = []
     for m in peak.detach().double().cpu().tolist():
         bound = m * (max(1, terms) * cap)

@@ -24,6 +24,11 @@ def is_ramp(tau: float) -> bool:
     return math.isinf(tau)
 
 
+def psp_scale(tau: float, T: int) -> float:
+    """The PSP's rise time in steps: ``τ``, or ``T`` for the ramp (``ε(s) = s / scale`` while rising)."""
+    return float(T) if is_ramp(tau) else float(tau)
+
+
 def psp(s: Any, tau: float, T: int) -> Any:
     """ε(s): the PSP value ``s`` steps after an input spike (0 for ``s ≤ 0``)."""
     if is_ramp(tau):
@@ -33,6 +38,6 @@ def psp(s: Any, tau: float, T: int) -> Any:
 
 def psp_slope(s: Any, tau: float, T: int) -> Any:
     """ε'(s): ``1/τ`` (``1/T`` for the ramp) for ``0 < s < τ``, else 0."""
-    rate = 1.0 / T if is_ramp(tau) else 1.0 / tau
+    rate = 1.0 / psp_scale(tau, T)
     rising = (s > 0) & (s < tau)
     return rising * rate
