@@ -9,6 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from safetensors.torch import load_file
 
+from stidi.api import build, encode, fit, load, predict, save
+from stidi.encoding import ttfs_encode
 from stidi.augment import epoch_shifts, shift_images
 from stidi.config import load_config
 from stidi.errors import StidiError
@@ -54,8 +56,9 @@ def test_dataset_encodes_the_shifted_images():
     data = Dataset(images, np.zeros(4, dtype=np.int64))
     shifts = torch.tensor([[1, 0], [0, -1], [2, 2], [0, 0]])
     idx = torch.tensor([2, 0, 3])
-    got = data.spike_times(idx, 32, (1, 6, 6), shifts[idx])
-    want = Dataset(shift_images(images[[2, 0, 3]], shifts[idx]).numpy(), np.zeros(3)).spike_times(slice(None), 32, (1, 6, 6))
+    net = build("2C3-10", (1, 6, 6), T=32)
+    got = data.spike_times(idx, net, shifts[idx])
+    want = Dataset(shift_images(images[[2, 0, 3]], shifts[idx]).numpy(), np.zeros(3)).spike_times(slice(None), net)
     assert torch.equal(got, want)
 
 
@@ -71,3 +74,25 @@ def test_training_with_shifts_is_reproducible_and_differs_from_no_shifts(tmp_pat
     shifted, again, plain = _run(tmp_path, "a", 2), _run(tmp_path, "b", 2), _run(tmp_path, "c", 0)
     assert all(torch.equal(shifted[k], again[k]) for k in shifted)
     assert any(not torch.equal(shifted[k], plain[k]) for k in shifted)
+
+
+@given(st.lists(st.integers(0, 255), min_size=1, max_size=50), st.floats(0.05, 1.0), st.sampled_from([16, 256]))
+def test_input_power_keeps_order_and_silence_and_never_delays(pixels, power, T):
+    x = np.array(pixels, dtype=np.uint8)
+    plain, curved = ttfs_encode(x, T), ttfs_encode(x, T, power=power)
+    assert torch.equal(torch.isinf(curved), torch.as_tensor(x == 0))  # black never fires, every other pixel does
+    fired = x > 0
+    assert bool((curved[fired] <= plain[fired]).all())  # p ≤ 1 only moves spikes earlier
+    order = np.argsort(x[fired], kind="stable")
+    assert bool((torch.diff(curved[fired][order]) <= 0).all())  # brighter never fires later
+
+
+def test_input_power_travels_with_the_saved_model(tmp_path):
+    images = np.random.default_rng(1).integers(0, 256, size=(64, 28, 28), dtype=np.uint8)
+    labels = np.arange(64) % 10
+    net, _ = fit("4C5-P2-10", images, labels, T=32, epochs=1, input_power=0.25, threads=1)
+    save(tmp_path / "m", net)
+    back = load(tmp_path / "m.safetensors")
+    assert back.input_power == 0.25
+    assert torch.equal(encode(back, images), ttfs_encode(images, 32, power=0.25).reshape(-1, 1, 28, 28))
+    assert torch.equal(predict(back, images).classes, predict(net, images).classes)

@@ -218,7 +218,7 @@ def encode(net: Network, images: Any) -> torch.Tensor:
                         f"give one image {want} or a batch (N, {', '.join(map(str, want))})")
     if n == 0:
         raise DataError("no images given")
-    return ttfs_encode(x, net.T).reshape(n, *want)
+    return ttfs_encode(x, net.T, power=net.input_power).reshape(n, *want)
 
 
 @torch.no_grad()
@@ -245,5 +245,6 @@ def save(path: str | Path, net: Network, config: Config | None = None) -> None:
     """Save ``net`` as ``PATH.safetensors`` + ``PATH.json`` (readable by every ``stidi`` command)."""
     if config is None:
         config = make_config(net.spec, net.input_shape, T=net.T, tau=net.tau, forced_firing=net.forced_firing,
-                             threshold=list(net.thresholds), binary=list(net.binary), binary_scale=net.binary_scale)
+                             threshold=list(net.thresholds), binary=list(net.binary), binary_scale=net.binary_scale,
+                             input_power=net.input_power)
     save_model(Path(path).with_suffix(".safetensors"), net, config)

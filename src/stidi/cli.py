@@ -30,6 +30,7 @@ TRAIN_FLAGS = {
     "--dataset": ("train", "dataset", {"choices": ["mnist", "fashion-mnist"], "help": "built-in dataset (default: mnist); fetched and cached on first use"}),
     "--network": ("model", "network", {"help": "layer spec, e.g. 32C5-P2-64C5-P2-10 (conv 32 5x5, pool 2, conv 64 5x5, pool 2, 10 outputs) or 784-400-10"}),
     "--T": ("model", "T", {"type": int, "help": "time steps per image, spikes at 0..T (default: 256)"}),
+    "--input-power": ("model", "input_power", {"type": float, "help": "contrast curve before encoding, t = floor(T (1 - x^p)); p < 1 makes dim pixels fire earlier (default: 1)"}),
     "--tau": ("model", "tau", {"type": _float_or_inf, "help": "PSP rise time in steps: inf = pure ramp (default), 1 = step PSP"}),
     "--epochs": ("train", "epochs", {"type": int, "help": "passes over the training set (default: 3)"}),
     "--batch-size": ("train", "batch_size", {"type": int, "help": "images per update (default: 32)"}),

@@ -62,6 +62,7 @@ class ModelConfig:
     network: str = _field("32C5-P2-64C5-P2-10", None, "layer spec, e.g. 32C5-P2-64C5-P2-10 or 784-400-10")
     input_shape: list = _field([1, 28, 28], (lambda v: len(v) in (1, 3) and all(isinstance(x, int) and x > 0 for x in v), "[C, H, W] or [N] of positive integers"), "shape of one input image")
     T: int = _field(256, POSITIVE, "last time step of the window 0..T")
+    input_power: float = _field(1.0, POSITIVE, "encode x^p instead of x (t = floor(T (1 − x^p))): p < 1 makes dim pixels fire earlier")
     tau: float = _field(math.inf, POSITIVE, "PSP rise time in steps (inf: pure ramp, 1: step)")
     forced_firing: bool = _field(True, None, "an output that never reached threshold fires at T")
     threshold: float | list = _field(1.0, each(POSITIVE), "firing threshold per weighted layer")

@@ -50,6 +50,9 @@ def differences(net: Network) -> list[str]:
         "outside the graph (graph metadata encoding, readout)",
         "earliest-spike pooling is written as SumPool2d + IF (threshold 0.5), exact only with single-spike inputs",
     ]
+    if net.input_power != 1.0:
+        out.append(f"input contrast curve: pixels are encoded as x^{net.input_power:g} (t = floor(T (1 - x^p))), "
+                   "outside the graph (graph metadata encoding, input_power)")
     if not math.isinf(net.tau):
         out.append(f"PSP rise time tau={net.tau:g}: the ramp's saturation after tau steps is not in the graph "
                    "(I + IF model the pure ramp); metadata tau holds it")
@@ -107,7 +110,8 @@ def to_nir(net: Network):
     add("output", nir.Output(output_type=np.array(net.shapes[-1])))
     metadata = {
         "producer": "stidi", "spec": net.spec, "T": T, "tau": tau, "time_unit": "step",
-        "encoding": "TTFS: pixel x in [0, 1] spikes once at t = floor(T (1 - x)); x = 0 never spikes",
+        "encoding": "TTFS: pixel x in [0, 1] spikes once at t = floor(T (1 - x^p)), p = input_power; x = 0 never spikes",
+        "input_power": net.input_power,
         "readout": "predicted class = earliest output spike; ties broken by the higher membrane potential",
         "forced_firing": int(net.forced_firing),
         "neuron": "non-leaky IF, no reset, at most one spike, PSP eps(s) = min(s, tau)/tau (s/T for tau = inf)",

@@ -84,6 +84,7 @@ class Network(nn.Module):
         forced_firing: bool = True,
         binary: bool | list[bool] = False,
         binary_scale: str = "mean_abs",
+        input_power: float = 1.0,
     ) -> None:
         super().__init__()
         self.spec = spec
@@ -91,6 +92,7 @@ class Network(nn.Module):
         self.layers: list[Layer] = parse_spec(spec, self.input_shape)
         self.shapes = shapes(self.layers, self.input_shape)
         self.T, self.tau, self.forced_firing = int(T), float(tau), bool(forced_firing)
+        self.input_power = float(input_power)
         self.weighted = [i for i, layer in enumerate(self.layers) if not isinstance(layer, Pool)]
         self.thresholds = per_layer(thresholds, len(self.weighted), "threshold")
         if any(th <= 0 for th in self.thresholds):

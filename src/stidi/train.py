@@ -63,13 +63,12 @@ class Dataset:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def spike_times(self, index: torch.Tensor | slice, T: int, input_shape: tuple[int, ...],
-                    shifts: torch.Tensor | None = None) -> torch.Tensor:
-        """Input spike times of the images ``index``, each first translated by its row of ``shifts`` if given."""
+    def spike_times(self, index: torch.Tensor | slice, net: Network, shifts: torch.Tensor | None = None) -> torch.Tensor:
+        """``net``'s input spike times for the images ``index``, each first translated by its row of ``shifts`` if given."""
         images = self.images[index.numpy() if isinstance(index, torch.Tensor) else index]
         if shifts is not None:
             images = shift_images(images, shifts)
-        return ttfs_encode(images, T).reshape(-1, *input_shape)
+        return ttfs_encode(images, net.T, power=net.input_power).reshape(-1, *net.input_shape)
 
 
 def builtin_data(config: Config, log: Log = _stderr) -> tuple[Dataset, Dataset]:
@@ -96,7 +95,7 @@ def evaluate(net: Network, data: Dataset, dist: Context = SINGLE) -> dict:
     first, end = dist.span(len(data))
     for lo in range(first, end, EVAL_BATCH):
         sl = slice(lo, min(lo + EVAL_BATCH, end))
-        trace = net.trace(data.spike_times(sl, net.T, net.input_shape))
+        trace = net.trace(data.spike_times(sl, net))
         pred = net.readout(trace)
         correct += int((pred.classes == data.labels[sl]).sum())
         decision += float(pred.decision_time.clamp(max=net.T).sum())
@@ -243,7 +242,7 @@ class Trainer:
     def start_fresh(self) -> None:
         gen = torch.Generator().manual_seed(self.t.seed)
         calib = torch.randperm(len(self.train_set), generator=gen)[:CALIBRATION_IMAGES]
-        t_cal = self.train_set.spike_times(calib, self.net.T, self.net.input_shape)
+        t_cal = self.train_set.spike_times(calib, self.net)
         with _torch_threads(1):  # the calibration's PyTorch convolutions may round differently on other thread counts
             fired = self.net.initialise(t_cal, self.config.model.init_firing_fraction, gen)
         self.lr_scale = [float(w.std()) for w in self.net.weights]
@@ -365,7 +364,7 @@ class Trainer:
             return idle_sums(net, agree), Trace([]), 0
         labels = data.labels[idx]
         shifts = self.shifts[idx] if self.shifts is not None else None
-        trace = net.trace(data.spike_times(idx, net.T, net.input_shape, shifts))
+        trace = net.trace(data.spike_times(idx, net, shifts))
         hits = int((net.readout(trace).classes == labels).sum())
         return update_sums(net, trace, labels, self.rule, batch, agree), trace, hits
 
