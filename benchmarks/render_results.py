@@ -122,7 +122,35 @@ def recipe_line(name: str) -> str:
     c = load_config(path)
     return (f"* {name} (`{path.relative_to(ROOT)}`): γ = {c.rule.gamma:g}, lr {c.train.lr}, "
             f"batch {c.train.batch_size}, {c.train.epochs} epochs, τ = {c.model.tau:g}, "
-            f"latency derivative {c.rule.latency_derivative}")
+            f"latency derivative {c.rule.latency_derivative}, input power p = {c.model.input_power:g}, "
+            f"random shifts {'of up to ' + str(c.train.augment_shift) + ' px' if c.train.augment_shift else 'none'}")
+
+
+def latency_section() -> list[str]:
+    """The Fashion-MNIST evidence-timing probe (results/fashion-latency.json), as a table."""
+    path = ROOT / "results" / "fashion-latency.json"
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text())
+    cutoffs = [p["cutoff"] for p in data["rows"][0]["probes"]]
+    out = ["## Fashion-MNIST: how much evidence reaches the readout in time", "",
+           "The earliest-spike readout decides at its first output spike and can only use the hidden spikes that came "
+           "before. `benchmarks/fashion_latency.py` fits a linear classifier to the potentials that the pooled second "
+           "convolution of a fresh fashion-rcsnn network builds by a cut-off step, on "
+           f"{data['images']['fit']:,} training images, scored on {data['images']['held_out']:,} others "
+           f"(`{path.relative_to(ROOT)}`, commit `{data['commit'][:7]}`).", "",
+           "| encoding | hidden spike steps (10/50/90 %) | " + " | ".join(f"by step {c}" for c in cutoffs) + " |",
+           "|---|---|" + "---|" * len(cutoffs)]
+    for row in data["rows"]:
+        q = row["hidden_time_quantiles"]
+        out.append(f"| {row['network']} | {q['0.1']:.0f} / {q['0.5']:.0f} / {q['0.9']:.0f} | "
+                   + " | ".join(pct(p["held_out_accuracy"]) for p in row["probes"]) + " |")
+    if data.get("trained_decisions"):
+        d = data["trained_decisions"]
+        q = d["decision_time_quantiles"]
+        out += ["", f"The trained `{d['model']}` (input power {d['input_power']:g}) decides at steps "
+                f"{q['0.1']:.0f} / {q['0.5']:.0f} / {q['0.9']:.0f} (10/50/90 %) on the same images."]
+    return out + [""]
 
 
 def plot_curves(runs: dict[str, dict]) -> bool:
@@ -196,7 +224,9 @@ def main() -> int:
               "training choices are fields of its config in `benchmarks/configs/`: Adam with per-layer learning rates "
               "relative to each layer's initial weight spread, a cosine schedule, batch 32, initialisation calibrated so "
               "that 30 % of each layer's driven neurons fire, and the last 5,000 training images held out for choosing "
-              "the epoch. Each run keeps its directory under `results/runs/` (named after the run, e.g. "
+              "the epoch. Two choices are specific to some runs: random shifts of the training images "
+              "(`augment_shift`) where a network overfit, and the contrast curve `input_power` (t = floor(T (1 − x^p))) "
+              "for Fashion-MNIST's grey-level images. Each run keeps its directory under `results/runs/` (named after the run, e.g. "
               "`results/runs/mnist-rcsnn/`: model, best-by-validation model, metrics; an unfinished run's checkpoint "
               "is committed with it, so it can be continued later with the same command); a run that spans several "
               "invocations lists every commit it ran on.", "",
@@ -209,6 +239,7 @@ def main() -> int:
               "How the recipe was chosen: `benchmarks/sweep.py` trains variants of a config side by side and compares "
               "them on the validation split (the test column only shows that the two agree).", ""]
     lines += sweep_tables()
+    lines += latency_section()
     lines += ["## Ablation of the rule's options", ""]
     lines += ablation_table(ablation)
     DOC.write_text("\n".join(lines) + "\n")
