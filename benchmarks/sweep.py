@@ -125,6 +125,23 @@ def summarise(variant: str, overrides: dict, out: Path) -> dict:
     }
 
 
+def record_launch(root: Path) -> list[dict]:
+    """Append the commit the variants are about to train on to ``root/launches.json``; return all launches.
+
+    The table is written when the last variant ends, possibly after later commits, so
+    it takes its commit from the first launch, not from the tree at collection time.
+    """
+    path = root / "launches.json"
+    launches = json.loads(path.read_text()) if path.exists() else []
+    # $STIDI_COMMIT first: a copy of the tree on another machine may carry a stale .git
+    launches.append({"commit": os.environ.get("STIDI_COMMIT") or _git("rev-parse", "HEAD"),
+                     "source_tree_dirty": _git("status", "--porcelain", "src", "benchmarks/configs") not in ("", "unknown"),
+                     "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    root.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(launches, indent=1) + "\n")
+    return launches
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("name", help="sweep file benchmarks/sweeps/NAME.toml")
@@ -152,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
 
     if not args.collect_only:
+        record_launch(root)
         queue = [v for v in variants if not args.only or v in args.only]
         running: dict[str, subprocess.Popen] = {}
         stopped = False
@@ -173,13 +191,18 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(1)
 
     rows = [summarise(v, {**common, **variants[v]}, root / v) for v in variants]
+    launches_path = root / "launches.json"
+    launches = json.loads(launches_path.read_text()) if launches_path.exists() else []
+    commit = launches[0]["commit"] if launches else _git("rev-parse", "HEAD")
     result = {
         "sweep": args.name,
         "base": sweep["base"],
-        "base_at": f"benchmarks/configs/{sweep['base']}.toml as of {_git('rev-parse', '--short', 'HEAD')}",
+        "base_at": f"benchmarks/configs/{sweep['base']}.toml as of {commit[:7]}",
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "commit": _git("rev-parse", "HEAD"),
-        "source_tree_dirty": _git("status", "--porcelain", "src") not in ("", "unknown"),
+        "commit": commit,
+        "commits": list(dict.fromkeys(launch["commit"] for launch in launches)) or [commit],
+        "source_tree_dirty": (any(launch["source_tree_dirty"] for launch in launches) if launches
+                              else _git("status", "--porcelain", "src") not in ("", "unknown")),
         "machine": f"{platform.node()} ({os.cpu_count()} cores, {platform.processor() or platform.machine()})",
         "jobs": args.jobs,
         "wall_seconds": round(time.time() - started, 1),
