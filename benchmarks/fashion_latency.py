@@ -27,7 +27,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +36,7 @@ from stidi.api import load, predict  # noqa: E402
 from stidi.config import load_config  # noqa: E402
 from stidi.data import load_dataset  # noqa: E402
 from stidi.io import atomic_write_json, build_network  # noqa: E402
-from stidi.train import Dataset  # noqa: E402
+from stidi.train import Dataset, initialise  # noqa: E402
 
 CUTOFFS = [120, 160, 200, 230, 256]
 FIT, HELD_OUT = 10_000, 5_000
@@ -54,8 +53,7 @@ def pooled_times(net, data: Dataset) -> torch.Tensor:
 
 def probe(times: torch.Tensor, labels: torch.Tensor, cutoff: float, T: int) -> dict:
     """Train/held-out accuracy of a linear classifier on the potentials built by ``cutoff``."""
-    x = (cutoff - times).clamp(min=0).nan_to_num(posinf=0.0) / T
-    x = torch.where(torch.isfinite(times), x, torch.zeros_like(x))
+    x = (cutoff - times).clamp(min=0) / T  # a neuron that never fired (inf) contributes 0
     torch.manual_seed(0)
     model = torch.nn.Linear(x.shape[1], 10)
     opt = torch.optim.Adam(model.parameters(), 1e-2)
@@ -80,9 +78,7 @@ def main() -> int:
     for power in (1.0, 0.1):
         config = load_config(base, {"model": {"input_power": power}})
         net = build_network(config)
-        gen = torch.Generator().manual_seed(config.train.seed)
-        calib = torch.randperm(len(data), generator=gen)[:256]
-        net.initialise(data.spike_times(calib, net), config.model.init_firing_fraction, gen)
+        initialise(net, config, data)
         times = pooled_times(net, data)
         fired = times[torch.isfinite(times) & (times < net.T)]
         rows.append({

@@ -26,7 +26,6 @@ import numpy as np
 import torch
 
 from .config import SECTIONS, Config, load_config, merge
-from .encoding import ttfs_encode
 from .errors import ConfigError, DataError
 from .io import build_network, load_model, save_model
 from .network import Network, Prediction
@@ -218,7 +217,7 @@ def encode(net: Network, images: Any) -> torch.Tensor:
                         f"give one image {want} or a batch (N, {', '.join(map(str, want))})")
     if n == 0:
         raise DataError("no images given")
-    return ttfs_encode(x, net.T, power=net.input_power).reshape(n, *want)
+    return net.encode(x)
 
 
 @torch.no_grad()

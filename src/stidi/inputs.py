@@ -196,7 +196,6 @@ def evaluation_data(net, config, data: str | None, labels: str | None, limit: in
     import torch
 
     from .data import DATASET_NAMES, load_dataset
-    from .encoding import ttfs_encode
 
     name = data or config.train.dataset
     if name in DATASET_NAMES:
@@ -206,11 +205,11 @@ def evaluation_data(net, config, data: str | None, labels: str | None, limit: in
         images, y = load_dataset(name, "test")
         if limit:
             images, y = images[:limit], y[:limit]
-        t_in = ttfs_encode(images, net.T, power=net.input_power).reshape(-1, *net.input_shape)
+        t_in = net.encode(images)
         return t_in, torch.as_tensor(y), f"{len(y)} {name} test images"
     if not Path(name).exists():
         raise DataError(f"--data {name}: neither a dataset ({', '.join(DATASET_NAMES)}) nor an existing file")
     images, _ = read_inputs([name], net.input_shape, limit=limit)
-    t_in = ttfs_encode(images, net.T, power=net.input_power).reshape(-1, *net.input_shape)
+    t_in = net.encode(images)
     y = read_labels(labels, len(t_in)) if labels else None
     return t_in, y, f"{len(t_in)} images from {name}"

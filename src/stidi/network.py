@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .encoding import ttfs_encode
 from .errors import ConfigError
 from . import kernels
 from .kernels import vectorised as engine
@@ -151,6 +152,11 @@ class Network(nn.Module):
         w = self.weight_of(index) if weight is None else weight
         x, padding = self.layer_operands(index, t_in)
         return kernels.spike_times(x, w, self.threshold_of(index), self.T, self.tau, padding, horizon=horizon), None
+
+    def encode(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Input spike times ``(N, *input_shape)`` of a batch of images (``uint8`` or ``[0, 1]``), with the
+        network's window ``T`` and contrast curve ``input_power`` (:mod:`stidi.encoding`)."""
+        return ttfs_encode(images, self.T, power=self.input_power).reshape(-1, *self.input_shape)
 
     @torch.no_grad()
     def trace(self, t_in: torch.Tensor) -> Trace:

@@ -33,7 +33,6 @@ from . import distributed
 from .augment import epoch_shifts, shift_images
 from .config import Config
 from .distributed import SINGLE, Context
-from .encoding import ttfs_encode
 from .errors import ModelFileError, StidiError
 from .io import atomic_write, build_network, load_tensors, network_tensors, restore_weights, save_model, save_tensors, sidecar
 from .network import Network, Trace, per_layer
@@ -68,7 +67,7 @@ class Dataset:
         images = self.images[index.numpy() if isinstance(index, torch.Tensor) else index]
         if shifts is not None:
             images = shift_images(images, shifts)
-        return ttfs_encode(images, net.T, power=net.input_power).reshape(-1, *net.input_shape)
+        return net.encode(images)
 
 
 def builtin_data(config: Config, log: Log = _stderr) -> tuple[Dataset, Dataset]:
@@ -111,6 +110,16 @@ def evaluate(net: Network, data: Dataset, dist: Context = SINGLE) -> dict:
         "firing_fraction": [round(f / (max(count, 1) * math.prod(shape)), 4)
                             for f, shape in zip(fired or [], net.shapes[1:])],
     }
+
+
+def initialise(net: Network, config: Config, data: Dataset) -> list[float]:
+    """Draw ``net``'s initial weights from ``config.train.seed``, calibrated on ``CALIBRATION_IMAGES``
+    random images of ``data`` (:meth:`Network.initialise`); returns each weighted layer's firing fraction."""
+    gen = torch.Generator().manual_seed(config.train.seed)
+    calib = torch.randperm(len(data), generator=gen)[:CALIBRATION_IMAGES]
+    t_cal = data.spike_times(calib, net)
+    with _torch_threads(1):  # the calibration's PyTorch convolutions may round differently on other thread counts
+        return net.initialise(t_cal, config.model.init_firing_fraction, gen)
 
 
 def split_validation(data: Dataset, count: int) -> tuple[Dataset, Dataset | None]:
@@ -236,15 +245,10 @@ class Trainer:
         self.timing: list[dict] = []
         self.partial: dict | None = None  # {"epoch", "step", "correct", "seconds"} of an unfinished epoch
         self.stop_signal: int | None = None
-        self.shifts: torch.Tensor | None = None  # this epoch's augmentation offsets (see stidi.augment)
 
     # -- state -------------------------------------------------------------------------
     def start_fresh(self) -> None:
-        gen = torch.Generator().manual_seed(self.t.seed)
-        calib = torch.randperm(len(self.train_set), generator=gen)[:CALIBRATION_IMAGES]
-        t_cal = self.train_set.spike_times(calib, self.net)
-        with _torch_threads(1):  # the calibration's PyTorch convolutions may round differently on other thread counts
-            fired = self.net.initialise(t_cal, self.config.model.init_firing_fraction, gen)
+        fired = initialise(self.net, self.config, self.train_set)
         self.lr_scale = [float(w.std()) for w in self.net.weights]
         self.opt = make_optimizer(self.net, self.config, self.lr_scale)
         self.log(f"initialised {self.config.model.network}: firing fraction per weighted layer {[round(f, 3) for f in fired]}")
@@ -316,7 +320,7 @@ class Trainer:
     def _train_epoch(self, epoch: int) -> tuple[dict, dict]:
         t, data, net = self.t, self.train_set, self.net
         order = torch.randperm(len(data), generator=torch.Generator().manual_seed(t.seed * 100003 + epoch))
-        self.shifts = epoch_shifts(len(data), t.augment_shift, t.seed, epoch) if t.augment_shift else None
+        shifts = epoch_shifts(len(data), t.augment_shift, t.seed, epoch) if t.augment_shift else None  # see stidi.augment
         resumed = self.partial if self.partial and self.partial["epoch"] == epoch else None
         first_step = resumed["step"] if resumed else 0
         correct, seconds = (resumed["correct"], resumed["seconds"]) if resumed else (0, 0.0)
@@ -327,7 +331,7 @@ class Trainer:
             idx = order[step * t.batch_size : (step + 1) * t.batch_size]
             share = self.dist.shard(idx)  # all of idx with one process
             where = f"step {step + 1} of epoch {epoch + 1}"
-            sums, trace, hits = self._sums(share, len(idx), where)
+            sums, trace, hits = self._sums(share, len(idx), where, shifts)
             asked = self.stop_signal  # with several ranks a later signal counts at the next step, on every rank
             sums, hits, agreed = self.dist.reduce_step(sums, trace.times, hits, asked is not None, where)
             directions = finish_directions(net, sums, self.rule, len(idx))
@@ -352,9 +356,11 @@ class Trainer:
         record = {"epoch": epoch + 1, "train_accuracy": correct / len(data), "lr": [g["lr"] for g in self.opt.param_groups]}
         return record, {"epoch": epoch + 1, "train_seconds": round(seconds, 2), "images_per_s": round(len(data) / seconds, 2)}
 
-    def _sums(self, idx: torch.Tensor, batch: int, where: str) -> tuple[list[torch.Tensor], Trace, int]:
+    def _sums(self, idx: torch.Tensor, batch: int, where: str,
+              shifts: torch.Tensor | None) -> tuple[list[torch.Tensor], Trace, int]:
         """Exact update sums (see :func:`update_sums`), spike times and correct count of the training
-        images ``idx``, a share of a global batch of ``batch`` images."""
+        images ``idx``, a share of a global batch of ``batch`` images, moved by the epoch's augmentation
+        ``shifts`` (one row per training image) if given."""
         net, data = self.net, self.train_set
 
         def agree(peak: torch.Tensor) -> torch.Tensor:
@@ -363,8 +369,7 @@ class Trainer:
         if len(idx) == 0:  # a rank's share of a last batch smaller than the number of ranks
             return idle_sums(net, agree), Trace([]), 0
         labels = data.labels[idx]
-        shifts = self.shifts[idx] if self.shifts is not None else None
-        trace = net.trace(data.spike_times(idx, net, shifts))
+        trace = net.trace(data.spike_times(idx, net, shifts[idx] if shifts is not None else None))
         hits = int((net.readout(trace).classes == labels).sum())
         return update_sums(net, trace, labels, self.rule, batch, agree), trace, hits
 
