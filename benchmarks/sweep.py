@@ -125,21 +125,25 @@ def summarise(variant: str, overrides: dict, out: Path) -> dict:
     }
 
 
-def record_launch(root: Path) -> list[dict]:
-    """Append the commit the variants are about to train on to ``root/launches.json``; return all launches.
+def read_launches(root: Path) -> list[dict]:
+    """The launches recorded in ``root/launches.json`` (see :func:`record_launch`), oldest first."""
+    path = root / "launches.json"
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def record_launch(root: Path) -> None:
+    """Append the commit the variants are about to train on to ``root/launches.json``.
 
     The table is written when the last variant ends, possibly after later commits, so
     it takes its commit from the first launch, not from the tree at collection time.
     """
-    path = root / "launches.json"
-    launches = json.loads(path.read_text()) if path.exists() else []
+    launches = read_launches(root)
     # $STIDI_COMMIT first: a copy of the tree on another machine may carry a stale .git
     launches.append({"commit": os.environ.get("STIDI_COMMIT") or _git("rev-parse", "HEAD"),
                      "source_tree_dirty": _git("status", "--porcelain", "src", "benchmarks/configs") not in ("", "unknown"),
                      "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     root.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(launches, indent=1) + "\n")
-    return launches
+    (root / "launches.json").write_text(json.dumps(launches, indent=1) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -191,8 +195,7 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(1)
 
     rows = [summarise(v, {**common, **variants[v]}, root / v) for v in variants]
-    launches_path = root / "launches.json"
-    launches = json.loads(launches_path.read_text()) if launches_path.exists() else []
+    launches = read_launches(root)
     commit = launches[0]["commit"] if launches else _git("rev-parse", "HEAD")
     result = {
         "sweep": args.name,

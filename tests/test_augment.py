@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file
 
 from stidi.api import build, encode, fit, load, predict, save
-from stidi.encoding import ttfs_encode
 from stidi.augment import epoch_shifts, shift_images
 from stidi.config import load_config
+from stidi.encoding import ttfs_encode
 from stidi.errors import StidiError
 from stidi.train import Dataset, train
 

@@ -43,8 +43,8 @@ import torch.nn.functional as F
 
 from . import kernels
 from .kernels import fixed_point
-from .kernels.psp import psp_scale
 from .kernels import vectorised as engine
+from .kernels.psp import psp_scale
 from .layers import Conv, Pool
 from .network import Network, Trace
 
