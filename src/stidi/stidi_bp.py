@@ -7,7 +7,10 @@ step from layer ``l``'s error and weights (the spike time displacement):
 * output targets (``t_min`` the earliest output spike, ``γ`` the margin): the true
   class aims at ``t_min``, every other output that fired before ``t_min + γ`` aims at
   ``t_min + γ``, the others keep their time; if no output fired the true class aims
-  at ``T − γ``. Error ``e_j = (target_j − t_j) / T``;
+  at ``T − γ``. Error ``e_j = (target_j − t_j) / T``. With a decision floor
+  ``t_f > 0`` (``decision_floor``) the reference is ``max(t_min, t_f)`` instead of
+  ``t_min``: a decision taken before ``t_f`` pushes the true class later too, so the
+  readout learns to wait for more of the hidden spikes (``t_f = 0``: the plain rule);
 * errors are normalised per layer and sample (``error_norm = "l2"``: ``e / ‖e‖₂``);
 * latency derivative ``∂t_j/∂u_j ≈ −t_j/θ_l`` (``latency_derivative = "linear"``:
   the potential rises on a straight line from 0 to ``θ`` at ``t_j``) or ``−1``
@@ -59,16 +62,22 @@ class RuleOptions:
     error_norm: str = "l2"
     conv_update: str = "sum"
     revival: float = 0.0
+    decision_floor: float = 0.0
 
 
-def output_error(t_out: torch.Tensor, labels: torch.Tensor, T: int, gamma: float, forced_firing: bool) -> torch.Tensor:
-    """Temporal error ``(target − t) / T`` of the output layer (unnormalised)."""
+def output_error(t_out: torch.Tensor, labels: torch.Tensor, T: int, gamma: float, forced_firing: bool,
+                 floor: float = 0.0) -> torch.Tensor:
+    """Temporal error ``(target − t) / T`` of the output layer (unnormalised).
+
+    The reference time is ``max(t_min, floor)``: the true class aims at it, and every other
+    output that fires before it plus ``γ`` aims at reference ``+ γ``.
+    """
     fired = torch.isfinite(t_out)
     t = torch.where(fired, t_out, torch.full_like(t_out, T))
     t_read = t if forced_firing else t_out
     any_fired = fired.any(dim=1)
     t_min = torch.where(fired, t_out, torch.full_like(t_out, float("inf"))).min(dim=1).values
-    t_min = torch.where(any_fired, t_min, torch.zeros_like(t_min))
+    t_min = torch.where(any_fired, t_min.clamp_min(floor), torch.zeros_like(t_min))
     rows = torch.arange(t.shape[0])
     target = t.clone()
     too_early = (t_read < (t_min + gamma).unsqueeze(1)) & any_fired.unsqueeze(1)
@@ -118,7 +127,7 @@ def update_sums(net: Network, trace: Trace, labels: torch.Tensor, opts: RuleOpti
     T, B = net.T, labels.shape[0]
     batch = B if batch is None else batch
     sums: list[torch.Tensor | None] = [None] * len(net.weighted)
-    error = normalise(output_error(trace.times[-1], labels, T, opts.gamma, net.forced_firing), opts.error_norm)
+    error = normalise(output_error(trace.times[-1], labels, T, opts.gamma, net.forced_firing, opts.decision_floor), opts.error_norm)
     shift = None  # displacement of the current layer's outputs, from the layer above
     for i in reversed(range(len(net.layers))):
         layer, t_in, t_out = net.layers[i], trace.times[i], trace.times[i + 1]
