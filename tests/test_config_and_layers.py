@@ -50,6 +50,7 @@ def test_config_file_and_overrides(tmp_path):
     ("[model]\nnetwork = '32C5'\n", "model.network"),
     ("[rule]\nerror_norm = 'l1'\n", "one of 'l2', 'none'"),
     ("[modle]\nT = 3\n", "unknown table"),
+    ("[model]\nT = 64\n[rule]\ndecision_floor = 64.0\n", "rule.decision_floor = 64.0 must be below model.T = 64"),
     ("[model\n", "not valid TOML"),
 ])
 def test_bad_config_files_name_the_field(tmp_path, text, fragment):

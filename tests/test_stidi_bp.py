@@ -22,6 +22,19 @@ def test_output_targets_follow_the_specification():
     assert torch.allclose(e[1], torch.tensor([0.0, -10.0, 0.0, 0.0]) / T)
 
 
+def test_decision_floor_pushes_early_decisions_later_and_leaves_late_ones():
+    T, gamma = 100, 10.0
+    t = torch.tensor([[20.0, 25.0, 40.0, math.inf], [70.0, 75.0, 90.0, 95.0]])
+    labels = torch.tensor([0, 0])
+    e = output_error(t, labels, T, gamma, forced_firing=True, floor=50.0)
+    # sample 0 decided at 20 < 50: the reference is 50; the true class aims at 50, the
+    # outputs that fire before 60 aim at 60, the silent one (forced to T) keeps its time
+    assert torch.allclose(e[0], torch.tensor([30.0, 35.0, 20.0, 0.0]) / T)
+    # sample 1 decided at 70 > 50: the floor changes nothing
+    assert torch.equal(e[1], output_error(t[1:], labels[1:], T, gamma, forced_firing=True)[0])
+    assert torch.equal(output_error(t, labels, T, gamma, True, floor=0.0), output_error(t, labels, T, gamma, True))
+
+
 def test_l2_normalisation_is_per_sample():
     e = torch.tensor([[3.0, 4.0], [0.0, 0.0]])
     n = normalise(e, "l2")

@@ -171,11 +171,14 @@ def merge(config: Config, values: dict[str, dict], source: str) -> Config:
 
 
 def validate(config: Config, source: str = "config") -> None:
-    """Checks across fields: the network must parse and fit the input shape."""
+    """Checks across fields: the network must parse and fit the input shape; the decision floor must lie before ``T``."""
     try:
         parse_spec(config.model.network, tuple(config.model.input_shape))
     except ConfigError as exc:
         raise ConfigError(f"{source}: model.network: {exc}") from None
+    if config.rule.decision_floor >= config.model.T:
+        raise ConfigError(f"{source}: rule.decision_floor = {config.rule.decision_floor} must be below model.T = {config.model.T} "
+                          "(the reference time of the output targets; 0 turns it off)")
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, dict] | None = None) -> Config:
