@@ -35,6 +35,22 @@ def test_decision_floor_pushes_early_decisions_later_and_leaves_late_ones():
     assert torch.equal(output_error(t, labels, T, gamma, True, floor=0.0), output_error(t, labels, T, gamma, True))
 
 
+def test_split_targets_share_the_missed_margin():
+    T, gamma = 100, 10.0
+    t = torch.tensor([[20.0, 30.0, 50.0, math.inf], [20.0, 26.0, 60.0, 90.0], [20.0, 40.0, 50.0, 60.0]])
+    labels = torch.tensor([2, 0, 0])
+    e = output_error(t, labels, T, gamma, forced_firing=True, targets="split")
+    # sample 0: the true class (50) misses the margin over class 0 (20) by v = 40: it aims at 30,
+    # and the outputs before 40 aim at 40 -- the true class and class 0 each move by 20
+    assert torch.allclose(e[0], torch.tensor([20.0, 10.0, -20.0, 0.0]) / T)
+    # sample 1: the true class wins by 6 < γ: v = 4, it aims at 18 and class 1 at 28
+    assert torch.allclose(e[1], torch.tensor([-2.0, 2.0, 0.0, 0.0]) / T)
+    # sample 2: a win by γ or more needs no change
+    assert torch.equal(e[2], torch.zeros(4))
+    # the earliest-spike targets move the true class the whole way (to 20) and class 0 by γ
+    assert torch.allclose(output_error(t, labels, T, gamma, True)[0], torch.tensor([10.0, 0.0, -30.0, 0.0]) / T)
+
+
 def test_l2_normalisation_is_per_sample():
     e = torch.tensor([[3.0, 4.0], [0.0, 0.0]])
     n = normalise(e, "l2")

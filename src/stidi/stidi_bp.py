@@ -63,26 +63,39 @@ class RuleOptions:
     conv_update: str = "sum"
     revival: float = 0.0
     decision_floor: float = 0.0
+    targets: str = "earliest"
 
 
 def output_error(t_out: torch.Tensor, labels: torch.Tensor, T: int, gamma: float, forced_firing: bool,
-                 floor: float = 0.0) -> torch.Tensor:
+                 floor: float = 0.0, targets: str = "earliest") -> torch.Tensor:
     """Temporal error ``(target − t) / T`` of the output layer (unnormalised).
 
-    The reference time is ``max(t_min, floor)``: the true class aims at it, and every other
-    output that fires before it plus ``γ`` aims at reference ``+ γ``.
+    The true class aims at a reference time ``r`` and every other output that fires
+    before ``r + γ`` aims at ``r + γ``. ``targets = "earliest"``: ``r = t_min``, the
+    earliest output spike. ``"split"``: with ``v = t_true + γ − t_other`` the margin the
+    true class misses (``t_other`` the earliest other output), ``r = t_true − v/2`` when
+    ``v > 0`` (else ``t_true``): the true class and the earliest other output move by the
+    same amount, instead of the true class all the way to ``t_min``. Then ``r`` is raised
+    to ``floor`` if it is earlier. If no output fired the true class aims at ``T − γ``.
     """
     fired = torch.isfinite(t_out)
     t = torch.where(fired, t_out, torch.full_like(t_out, T))
     t_read = t if forced_firing else t_out
     any_fired = fired.any(dim=1)
-    t_min = torch.where(fired, t_out, torch.full_like(t_out, float("inf"))).min(dim=1).values
-    t_min = torch.where(any_fired, t_min.clamp_min(floor), torch.zeros_like(t_min))
     rows = torch.arange(t.shape[0])
+    if targets == "split":
+        t_true = t[rows, labels]
+        others = t_read.clone()
+        others[rows, labels] = float("inf")
+        missed = t_true + gamma - others.min(dim=1).values
+        ref = torch.where(missed > 0, t_true - missed / 2, t_true)
+    else:
+        ref = torch.where(fired, t_out, torch.full_like(t_out, float("inf"))).min(dim=1).values
+    ref = torch.where(any_fired, ref.clamp_min(floor), torch.zeros_like(ref))
     target = t.clone()
-    too_early = (t_read < (t_min + gamma).unsqueeze(1)) & any_fired.unsqueeze(1)
-    target = torch.where(too_early, (t_min + gamma).unsqueeze(1).expand_as(t), target)
-    target[rows, labels] = torch.where(any_fired, t_min, torch.full_like(t_min, T - gamma))
+    too_early = (t_read < (ref + gamma).unsqueeze(1)) & any_fired.unsqueeze(1)
+    target = torch.where(too_early, (ref + gamma).unsqueeze(1).expand_as(t), target)
+    target[rows, labels] = torch.where(any_fired, ref, torch.full_like(ref, T - gamma))
     return (target - t) / T
 
 
@@ -127,7 +140,7 @@ def update_sums(net: Network, trace: Trace, labels: torch.Tensor, opts: RuleOpti
     T, B = net.T, labels.shape[0]
     batch = B if batch is None else batch
     sums: list[torch.Tensor | None] = [None] * len(net.weighted)
-    error = normalise(output_error(trace.times[-1], labels, T, opts.gamma, net.forced_firing, opts.decision_floor), opts.error_norm)
+    error = normalise(output_error(trace.times[-1], labels, T, opts.gamma, net.forced_firing, opts.decision_floor, opts.targets), opts.error_norm)
     shift = None  # displacement of the current layer's outputs, from the layer above
     for i in reversed(range(len(net.layers))):
         layer, t_in, t_out = net.layers[i], trace.times[i], trace.times[i + 1]
