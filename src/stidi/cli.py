@@ -44,6 +44,7 @@ TRAIN_FLAGS = {
     "--validation": ("train", "validation", {"type": int, "help": "hold out the last N training images to pick the best epoch (OUT/best.safetensors); default: 0 = none"}),
     "--binary": ("model", "binary", {"action": "store_const", "const": True, "help": "binary weights: forward pass with alpha*sign(w), the rule updates the real weights; models are saved at 1 bit per synapse"}),
     "--revival": ("rule", "revival", {"type": float, "help": "strength ρ ≥ 0 of the push that makes silent hidden neurons fire again (default: 0 = the plain rule)"}),
+    "--targets": ("rule", "targets", {"choices": ["earliest", "split"], "help": "output targets: the true class aims at the earliest output spike ('earliest', default) or the true class and the earliest other output share the missed margin ('split')"}),
     "--decision-floor": ("rule", "decision_floor", {"type": float, "help": "step t_f: output targets are set relative to max(first output spike, t_f), so decisions before t_f are pushed later (default: 0 = the plain rule)"}),
     "--augment-shift": ("train", "augment_shift", {"type": int, "help": "augmentation: move each training image by up to N pixels each way, a new random offset every epoch (default: 0 = none)"}),
     "--checkpoint-every": ("train", "checkpoint_every", {"type": int, "help": "also checkpoint every N batches inside an epoch; 0 = only at epoch ends (default: 100)"}),
