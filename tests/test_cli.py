@@ -53,6 +53,21 @@ def test_train_resume_and_eval(tmp_path):
     assert result["accuracy"] == pytest.approx(json.loads(lines[0])["test_accuracy"])
 
 
+def test_checkpoint_from_before_a_new_field_resumes(tmp_path):
+    """A run checkpointed by an older stidi, whose config lacks a field added since, resumes
+    when the field keeps its default, and is refused when the new run sets it."""
+    out = tmp_path / "run"
+    args = ["train", *SMALL, "--epochs", "2", "--out", str(out)]
+    assert main(args) == 0
+    sidecar = out / "checkpoint.json"
+    info = json.loads(sidecar.read_text())
+    del info["config"]["rule"]["targets"]
+    sidecar.write_text(json.dumps(info))
+    (out / "checkpoint.prev.safetensors").unlink()
+    assert main([*args, "--resume"]) == 0
+    assert main([*args, "--resume", "--targets", "split"]) != 0
+
+
 def test_bad_input_gives_one_line_and_exit_2(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("[model]\nT = -3\n")

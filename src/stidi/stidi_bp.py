@@ -7,10 +7,11 @@ step from layer ``l``'s error and weights (the spike time displacement):
 * output targets (``t_min`` the earliest output spike, ``γ`` the margin): the true
   class aims at ``t_min``, every other output that fired before ``t_min + γ`` aims at
   ``t_min + γ``, the others keep their time; if no output fired the true class aims
-  at ``T − γ``. Error ``e_j = (target_j − t_j) / T``. With a decision floor
-  ``t_f > 0`` (``decision_floor``) the reference is ``max(t_min, t_f)`` instead of
-  ``t_min``: a decision taken before ``t_f`` pushes the true class later too, so the
-  readout learns to wait for more of the hidden spikes (``t_f = 0``: the plain rule);
+  at ``T − γ``. Error ``e_j = (target_j − t_j) / T``. Two options change the reference
+  time ``r`` (``t_min`` above): ``targets = "split"`` puts it halfway, so the true class
+  and the earliest other output share the missed margin (:func:`output_error`), and a
+  decision floor ``t_f > 0`` (``decision_floor``) raises it to ``max(r, t_f)``, so a
+  decision taken before ``t_f`` pushes the true class later too;
 * errors are normalised per layer and sample (``error_norm = "l2"``: ``e / ‖e‖₂``);
 * latency derivative ``∂t_j/∂u_j ≈ −t_j/θ_l`` (``latency_derivative = "linear"``:
   the potential rises on a straight line from 0 to ``θ`` at ``t_j``) or ``−1``

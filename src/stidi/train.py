@@ -31,7 +31,7 @@ import torch
 
 from . import distributed
 from .augment import epoch_shifts, shift_images
-from .config import Config
+from .config import Config, merge
 from .distributed import SINGLE, Context
 from .errors import ModelFileError, StidiError
 from .io import atomic_write, build_network, load_tensors, network_tensors, restore_weights, save_model, save_tensors, sidecar
@@ -227,6 +227,18 @@ class Checkpoints:
         raise ModelFileError("no usable checkpoint: " + "; ".join(errors) + "; start a new run with another --out")
 
 
+def _with_defaults(stored: dict | None, where: Path) -> dict | None:
+    """A checkpoint's configuration with the fields it predates set to their defaults.
+
+    A run checkpointed before a configuration field existed resumes with a newer stidi,
+    as long as the run's configuration keeps that field at its default.
+    """
+    try:
+        return json.loads(json.dumps(merge(Config(), stored, str(where)).to_dict()))
+    except (StidiError, TypeError, AttributeError):
+        return stored  # not a readable configuration: the comparison reports the difference
+
+
 class Trainer:
     """One training run: network, optimiser, run directory and progress (resumable mid-epoch)."""
 
@@ -262,7 +274,7 @@ class Trainer:
     def resume(self) -> None:
         loaded = self.ckpt.load(self.log) if self.dist.is_writer else None
         tensors, info = self.dist.broadcast(loaded, "sharing the checkpoint")  # only rank 0 needs the files
-        if info.get("config") != json.loads(json.dumps(self.config.to_dict())):
+        if _with_defaults(info.get("config"), self.ckpt.current) != json.loads(json.dumps(self.config.to_dict())):
             raise StidiError(f"{self.ckpt.current}: was written with a different configuration; "
                              "resume with the same options, or use another --out")
         restore_weights(self.net, tensors, self.ckpt.current)
