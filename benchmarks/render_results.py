@@ -120,10 +120,11 @@ def recipe_line(name: str) -> str:
     from stidi.config import load_config
 
     c = load_config(path)
-    return (f"* {name} (`{path.relative_to(ROOT)}`): γ = {c.rule.gamma:g}, lr {c.train.lr}, "
+    binary = f", binary scale {c.model.binary_scale}" if c.model.binary else ""
+    return (f"* {name} (`{path.relative_to(ROOT)}`): {c.rule.targets} targets, γ = {c.rule.gamma:g}, lr {c.train.lr}, "
             f"batch {c.train.batch_size}, {c.train.epochs} epochs, τ = {c.model.tau:g}, "
             f"latency derivative {c.rule.latency_derivative}, input power p = {c.model.input_power:g}, "
-            f"random shifts {'of up to ' + str(c.train.augment_shift) + ' px' if c.train.augment_shift else 'none'}")
+            f"random shifts {'of up to ' + str(c.train.augment_shift) + ' px' if c.train.augment_shift else 'none'}{binary}")
 
 
 def latency_section() -> list[str]:
@@ -219,18 +220,20 @@ def main() -> int:
               "layers in spec order, pooling layers included):", ""]
     lines += [f"* {name}: {r['firing_fraction_at_best']}" for name, r in sorted(runs.items())]
     lines += ["", "## Recipe", "",
-              "Every run uses the plain STiDi-BP rule of [algorithm.md](algorithm.md) (linear latency derivative −t/θ, "
+              "Every run uses the STiDi-BP rule of [algorithm.md](algorithm.md) (linear latency derivative −t/θ, "
               "fired-before mask, ramp PSP, forced firing, L2-normalised errors, T = 256, no revival); its "
               "training choices are fields of its config in `benchmarks/configs/`: Adam with per-layer learning rates "
               "relative to each layer's initial weight spread, a cosine schedule, batch 32, initialisation calibrated so "
               "that 30 % of each layer's driven neurons fire, and the last 5,000 training images held out for choosing "
-              "the epoch. Two choices are specific to some runs: random shifts of the training images "
-              "(`augment_shift`) where a network overfit, and the contrast curve `input_power` (t = floor(T (1 − x^p))) "
-              "for Fashion-MNIST's grey-level images. Each run keeps its directory under `results/runs/` (named after the run, e.g. "
+              "the epoch. Four choices are specific to some runs: random shifts of the training images "
+              "(`augment_shift`) where a network overfit; the contrast curve `input_power` (t = floor(T (1 − x^p))) "
+              "for Fashion-MNIST's grey-level images; split output targets (`targets = \"split\"`: the true class and "
+              "the earliest other output share the missed margin) on Fashion-MNIST; and a binary scale fixed at "
+              "initialisation (`binary_scale = \"fixed\"`) for the binary networks. Each run keeps its directory under `results/runs/` (named after the run, e.g. "
               "`results/runs/mnist-rcsnn/`: model, best-by-validation model, metrics; an unfinished run's checkpoint "
               "is committed with it, so it can be continued later with the same command); a run that spans several "
               "invocations lists every commit it ran on.", "",
-              "The margin γ, learning rate and length of each run, from its config:", ""]
+              "The targets, margin γ, learning rate and length of each run, from its config:", ""]
     lines += [recipe_line(name) for name in TARGETS]
     lines += ["",
               "Published neighbours (from their papers): S4NN 784-400-10 97.4 % (MNIST); BS4NN (binary) 97.0 % MNIST, "
