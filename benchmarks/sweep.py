@@ -125,6 +125,11 @@ def summarise(variant: str, overrides: dict, out: Path) -> dict:
     }
 
 
+def _source_tree_dirty() -> bool:
+    """Whether the code or the configs a variant trains with have uncommitted edits."""
+    return _git("status", "--porcelain", "src", "benchmarks/configs") not in ("", "unknown")
+
+
 def read_launches(root: Path) -> list[dict]:
     """The launches recorded in ``root/launches.json`` (see :func:`record_launch`), oldest first."""
     path = root / "launches.json"
@@ -140,7 +145,7 @@ def record_launch(root: Path) -> None:
     launches = read_launches(root)
     # $STIDI_COMMIT first: a copy of the tree on another machine may carry a stale .git
     launches.append({"commit": os.environ.get("STIDI_COMMIT") or _git("rev-parse", "HEAD"),
-                     "source_tree_dirty": _git("status", "--porcelain", "src", "benchmarks/configs") not in ("", "unknown"),
+                     "source_tree_dirty": _source_tree_dirty(),
                      "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     root.mkdir(parents=True, exist_ok=True)
     (root / "launches.json").write_text(json.dumps(launches, indent=1) + "\n")
@@ -204,8 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "commit": commit,
         "commits": list(dict.fromkeys(launch["commit"] for launch in launches)) or [commit],
-        "source_tree_dirty": (any(launch["source_tree_dirty"] for launch in launches) if launches
-                              else _git("status", "--porcelain", "src") not in ("", "unknown")),
+        "source_tree_dirty": any(launch["source_tree_dirty"] for launch in launches) if launches else _source_tree_dirty(),
         "machine": f"{platform.node()} ({os.cpu_count()} cores, {platform.processor() or platform.machine()})",
         "jobs": args.jobs,
         "wall_seconds": round(time.time() - started, 1),
