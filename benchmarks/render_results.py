@@ -228,7 +228,7 @@ def main() -> int:
               "the epoch. Four choices are specific to some runs: random shifts of the training images "
               "(`augment_shift`) where a network overfit; the contrast curve `input_power` (t = floor(T (1 − x^p))) "
               "for Fashion-MNIST's grey-level images; split output targets (`targets = \"split\"`: the true class and "
-              "the earliest other output share the missed margin) on Fashion-MNIST; and a binary scale fixed at "
+              "the earliest other output share the missed margin) on Fashion-MNIST and in mnist-rcsnn; and a binary scale fixed at "
               "initialisation (`binary_scale = \"fixed\"`) for the binary networks. Each run keeps its directory under `results/runs/` (named after the run, e.g. "
               "`results/runs/mnist-rcsnn/`: model, best-by-validation model, metrics; an unfinished run's checkpoint "
               "is committed with it, so it can be continued later with the same command); a run that spans several "
