@@ -141,7 +141,8 @@ def update_sums(net: Network, trace: Trace, labels: torch.Tensor, opts: RuleOpti
     T, B = net.T, labels.shape[0]
     batch = B if batch is None else batch
     sums: list[torch.Tensor | None] = [None] * len(net.weighted)
-    error = normalise(output_error(trace.times[-1], labels, T, opts.gamma, net.forced_firing, opts.decision_floor, opts.targets), opts.error_norm)
+    error = output_error(trace.times[-1], labels, T, opts.gamma, net.forced_firing, opts.decision_floor, opts.targets)
+    error = normalise(error, opts.error_norm)
     shift = None  # displacement of the current layer's outputs, from the layer above
     for i in reversed(range(len(net.layers))):
         layer, t_in, t_out = net.layers[i], trace.times[i], trace.times[i + 1]
