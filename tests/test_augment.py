@@ -1,4 +1,4 @@
-"""Random-shift augmentation: exact translations, reproducible offsets, training that uses them."""
+"""Augmentation: exact translations and mirror images, reproducible moves, training that uses them."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file
 
 from stidi.api import build, encode, fit, load, predict, save
-from stidi.augment import epoch_shifts, shift_images
+from stidi.augment import epoch_moves, epoch_shifts, move_images, shift_images
 from stidi.config import load_config
 from stidi.encoding import ttfs_encode
 from stidi.errors import StidiError
@@ -54,18 +54,48 @@ def test_flat_images_are_refused_with_a_hint():
 def test_dataset_encodes_the_shifted_images():
     images = np.random.default_rng(0).integers(0, 256, size=(4, 6, 6), dtype=np.uint8)
     data = Dataset(images, np.zeros(4, dtype=np.int64))
-    shifts = torch.tensor([[1, 0], [0, -1], [2, 2], [0, 0]])
+    moves = torch.tensor([[1, 0, 0], [0, -1, 1], [2, 2, 1], [0, 0, 0]])
     idx = torch.tensor([2, 0, 3])
     net = build("2C3-10", (1, 6, 6), T=32)
-    got = data.spike_times(idx, net, shifts[idx])
-    want = Dataset(shift_images(images[[2, 0, 3]], shifts[idx]).numpy(), np.zeros(3)).spike_times(slice(None), net)
+    got = data.spike_times(idx, net, moves[idx])
+    want = Dataset(move_images(images[[2, 0, 3]], moves[idx]).numpy(), np.zeros(3)).spike_times(slice(None), net)
     assert torch.equal(got, want)
 
 
-def _run(tmp_path, name, shift):
+@given(st.integers(1, 5), st.integers(1, 7), st.integers(1, 7), st.booleans(), st.integers(0, 2), st.integers(0, 2**31 - 1))
+def test_moves_mirror_then_translate(n, height, width, channels, max_shift, seed):
+    rng = np.random.default_rng(seed)
+    shape = (n, 2, height, width) if channels else (n, height, width)
+    images = rng.integers(1, 256, size=shape, dtype=np.uint8)
+    moves = torch.as_tensor(np.concatenate([rng.integers(-max_shift, max_shift + 1, size=(n, 2)),
+                                            rng.integers(0, 2, size=(n, 1))], axis=1))
+    got = move_images(images, moves).numpy()
+    for k in range(n):
+        dy, dx, mirrored = moves[k].tolist()
+        source = images[k][..., ::-1] if mirrored else images[k]
+        assert np.array_equal(got[k], _naive_shift(source, dy, dx))
+
+
+def test_epoch_moves_keep_the_offsets_and_mirror_about_half():
+    assert epoch_moves(100, 0, False, seed=0, epoch=0) is None
+    moves = epoch_moves(5000, 2, True, seed=3, epoch=1)
+    assert torch.equal(moves[:, :2], epoch_shifts(5000, 2, seed=3, epoch=1))  # flipping leaves the offsets alone
+    assert 2300 < int(moves[:, 2].sum()) < 2700 and set(moves[:, 2].tolist()) == {0, 1}
+    assert torch.equal(moves, epoch_moves(5000, 2, True, seed=3, epoch=1))
+    assert not torch.equal(moves[:, 2], epoch_moves(5000, 2, True, seed=3, epoch=2)[:, 2])
+    flips_only = epoch_moves(5000, 0, True, seed=3, epoch=1)
+    assert not bool(flips_only[:, :2].any()) and torch.equal(flips_only[:, 2], moves[:, 2])
+
+
+def test_flat_images_cannot_be_mirrored():
+    with pytest.raises(StidiError, match="augment_flip = false"):
+        move_images(np.ones((3, 784), dtype=np.uint8), torch.tensor([[0, 0, 1]] * 3))
+
+
+def _run(tmp_path, name, shift, flip=False):
     config = load_config(None, {"model": {"network": "4C5-P2-10", "T": 32},
                                 "train": {"train_limit": 96, "test_limit": 32, "batch_size": 16, "epochs": 2,
-                                          "augment_shift": shift, "threads": 1}})
+                                          "augment_shift": shift, "augment_flip": flip, "threads": 1}})
     train(config, tmp_path / name, progress=False, log=lambda m: None)
     return load_file(tmp_path / name / "model.safetensors")
 
@@ -74,6 +104,12 @@ def test_training_with_shifts_is_reproducible_and_differs_from_no_shifts(tmp_pat
     shifted, again, plain = _run(tmp_path, "a", 2), _run(tmp_path, "b", 2), _run(tmp_path, "c", 0)
     assert all(torch.equal(shifted[k], again[k]) for k in shifted)
     assert any(not torch.equal(shifted[k], plain[k]) for k in shifted)
+
+
+def test_training_with_mirror_images_is_reproducible_and_differs_from_none(tmp_path):
+    mirrored, again, plain = _run(tmp_path, "a", 0, True), _run(tmp_path, "b", 0, True), _run(tmp_path, "c", 0)
+    assert all(torch.equal(mirrored[k], again[k]) for k in mirrored)
+    assert any(not torch.equal(mirrored[k], plain[k]) for k in mirrored)
 
 
 @given(st.lists(st.integers(0, 255), min_size=1, max_size=50), st.floats(0.05, 1.0), st.sampled_from([16, 256]))

@@ -1,13 +1,16 @@
-"""Training-time augmentation: random translations of the input images.
+"""Training-time augmentation: random translations and mirror images of the input images.
 
 With ``train.augment_shift = s > 0`` every training image is moved, before TTFS
 encoding, by a whole-pixel offset ``(dy, dx)`` drawn uniformly from ``{−s … s}²``;
 pixels moved in from outside the frame are black (``x = 0``: they never fire).
-The offsets of an epoch are drawn once, for the whole training set, from a
-generator seeded by ``(seed, epoch)``: an image gets the same offset however the
-batch is split between processes and whether or not the run was resumed, so
-augmentation keeps training deterministic and data-parallel runs exact.
-Validation and test images are never shifted.
+With ``train.augment_flip = true`` an image is first mirrored left–right with
+probability 1/2 (``x'(y, w) = x(y, W − 1 − w)``), for datasets whose classes look
+the same in a mirror (Fashion-MNIST's clothes; not digits).
+The moves of an epoch are drawn once, for the whole training set, from generators
+seeded by ``(seed, epoch)``: an image gets the same move however the batch is
+split between processes and whether or not the run was resumed, so augmentation
+keeps training deterministic and data-parallel runs exact. The offsets do not
+depend on ``augment_flip``. Validation and test images are never moved.
 """
 
 from __future__ import annotations
@@ -22,6 +25,32 @@ def epoch_shifts(count: int, max_shift: int, seed: int, epoch: int) -> torch.Ten
     """``(count, 2)`` integer offsets ``(dy, dx)`` in ``[−max_shift, max_shift]`` for one epoch."""
     gen = torch.Generator().manual_seed(seed * 100003 + epoch + 7_777_777)
     return torch.randint(-max_shift, max_shift + 1, (count, 2), generator=gen)
+
+
+def epoch_moves(count: int, max_shift: int, flip: bool, seed: int, epoch: int) -> torch.Tensor | None:
+    """``(count, 3)`` integer moves ``(dy, dx, mirrored)`` for one epoch, or None when augmentation is off."""
+    if not max_shift and not flip:
+        return None
+    moves = torch.zeros(count, 3, dtype=torch.long)
+    if max_shift:
+        moves[:, :2] = epoch_shifts(count, max_shift, seed, epoch)
+    if flip:
+        gen = torch.Generator().manual_seed(seed * 100003 + epoch + 5_555_555)
+        moves[:, 2] = torch.randint(0, 2, (count,), generator=gen)
+    return moves
+
+
+def move_images(images: np.ndarray | torch.Tensor, moves: torch.Tensor) -> torch.Tensor:
+    """``images`` each mirrored left–right where ``moves[:, 2]`` is 1, then translated by ``moves[:, :2]``."""
+    x = torch.as_tensor(np.asarray(images))
+    mirrored = moves[:, 2].bool()
+    if bool(mirrored.any()):
+        if x.dim() not in (3, 4):
+            raise StidiError(f"train.augment_flip needs images of shape (N, H, W) or (N, C, H, W); got {tuple(x.shape)}: "
+                             "set augment_flip = false for flat inputs")
+        x = x.clone()
+        x[mirrored] = x[mirrored].flip(-1)
+    return shift_images(x, moves[:, :2])
 
 
 def shift_images(images: np.ndarray | torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:

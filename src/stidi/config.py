@@ -102,6 +102,7 @@ class TrainConfig:
     validation: int = _field(0, NON_NEGATIVE, "hold out the last N training images to choose the best epoch (saved as best.safetensors); never the test set")
     checkpoint_every: int = _field(100, NON_NEGATIVE, "also checkpoint every N batches within an epoch (0: only at epoch ends)")
     augment_shift: int = _field(0, NON_NEGATIVE, "move each training image by up to N pixels each way, a fresh random offset every epoch (0: no augmentation)")
+    augment_flip: bool = _field(False, None, "mirror each training image left-right with probability 1/2, a fresh draw every epoch (for mirror-symmetric classes such as clothes; not digits)")
 
 
 @dataclass

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from . import distributed
-from .augment import epoch_shifts, shift_images
+from .augment import epoch_moves, move_images
 from .config import Config, merge
 from .distributed import SINGLE, Context
 from .errors import ModelFileError, StidiError
@@ -62,11 +62,12 @@ class Dataset:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def spike_times(self, index: torch.Tensor | slice, net: Network, shifts: torch.Tensor | None = None) -> torch.Tensor:
-        """``net``'s input spike times for the images ``index``, each first translated by its row of ``shifts`` if given."""
+    def spike_times(self, index: torch.Tensor | slice, net: Network, moves: torch.Tensor | None = None) -> torch.Tensor:
+        """``net``'s input spike times for the images ``index``, each first moved by its row of ``moves``
+        (``dy, dx, mirrored``, see :func:`stidi.augment.move_images`) if given."""
         images = self.images[index.numpy() if isinstance(index, torch.Tensor) else index]
-        if shifts is not None:
-            images = shift_images(images, shifts)
+        if moves is not None:
+            images = move_images(images, moves)
         return net.encode(images)
 
 
@@ -332,7 +333,7 @@ class Trainer:
     def _train_epoch(self, epoch: int) -> tuple[dict, dict]:
         t, data, net = self.t, self.train_set, self.net
         order = torch.randperm(len(data), generator=torch.Generator().manual_seed(t.seed * 100003 + epoch))
-        shifts = epoch_shifts(len(data), t.augment_shift, t.seed, epoch) if t.augment_shift else None  # see stidi.augment
+        moves = epoch_moves(len(data), t.augment_shift, t.augment_flip, t.seed, epoch)  # see stidi.augment
         resumed = self.partial if self.partial and self.partial["epoch"] == epoch else None
         first_step = resumed["step"] if resumed else 0
         correct, seconds = (resumed["correct"], resumed["seconds"]) if resumed else (0, 0.0)
@@ -343,7 +344,7 @@ class Trainer:
             idx = order[step * t.batch_size : (step + 1) * t.batch_size]
             share = self.dist.shard(idx)  # all of idx with one process
             where = f"step {step + 1} of epoch {epoch + 1}"
-            sums, trace, hits = self._sums(share, len(idx), where, shifts)
+            sums, trace, hits = self._sums(share, len(idx), where, moves)
             asked = self.stop_signal  # with several ranks a later signal counts at the next step, on every rank
             sums, hits, agreed = self.dist.reduce_step(sums, trace.times, hits, asked is not None, where)
             directions = finish_directions(net, sums, self.rule, len(idx))
@@ -369,10 +370,10 @@ class Trainer:
         return record, {"epoch": epoch + 1, "train_seconds": round(seconds, 2), "images_per_s": round(len(data) / seconds, 2)}
 
     def _sums(self, idx: torch.Tensor, batch: int, where: str,
-              shifts: torch.Tensor | None) -> tuple[list[torch.Tensor], Trace, int]:
+              moves: torch.Tensor | None) -> tuple[list[torch.Tensor], Trace, int]:
         """Exact update sums (see :func:`update_sums`), spike times and correct count of the training
         images ``idx``, a share of a global batch of ``batch`` images, moved by the epoch's augmentation
-        ``shifts`` (one row per training image) if given."""
+        ``moves`` (one row per training image) if given."""
         net, data = self.net, self.train_set
 
         def agree(peak: torch.Tensor) -> torch.Tensor:
@@ -381,7 +382,7 @@ class Trainer:
         if len(idx) == 0:  # a rank's share of a last batch smaller than the number of ranks
             return idle_sums(net, agree), Trace([]), 0
         labels = data.labels[idx]
-        trace = net.trace(data.spike_times(idx, net, shifts[idx] if shifts is not None else None))
+        trace = net.trace(data.spike_times(idx, net, moves[idx] if moves is not None else None))
         hits = int((net.readout(trace).classes == labels).sum())
         return update_sums(net, trace, labels, self.rule, batch, agree), trace, hits
 
