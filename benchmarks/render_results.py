@@ -112,7 +112,7 @@ def sweep_tables() -> list[str]:
 
 
 def recipe_line(name: str) -> str:
-    """The margin, learning rate and length of a run's config (with stidi's defaults filled in), as a short phrase."""
+    """The network, margin, learning rate and length of a run's config (with stidi's defaults filled in), as a short phrase."""
     path = ROOT / "benchmarks" / "configs" / f"{name}.toml"
     if not path.exists():
         return f"* {name}: config missing"
@@ -121,10 +121,11 @@ def recipe_line(name: str) -> str:
 
     c = load_config(path)
     binary = f", binary scale {c.model.binary_scale}" if c.model.binary else ""
-    return (f"* {name} (`{path.relative_to(ROOT)}`): {c.rule.targets} targets, γ = {c.rule.gamma:g}, lr {c.train.lr}, "
+    return (f"* {name} (`{path.relative_to(ROOT)}`): `{c.model.network}`, {c.rule.targets} targets, γ = {c.rule.gamma:g}, lr {c.train.lr}, "
             f"batch {c.train.batch_size}, {c.train.epochs} epochs, τ = {c.model.tau:g}, "
             f"latency derivative {c.rule.latency_derivative}, input power p = {c.model.input_power:g}, "
-            f"random shifts {'of up to ' + str(c.train.augment_shift) + ' px' if c.train.augment_shift else 'none'}{binary}")
+            f"random shifts {'of up to ' + str(c.train.augment_shift) + ' px' if c.train.augment_shift else 'none'}, "
+            f"mirror images {'yes' if c.train.augment_flip else 'no'}{binary}")
 
 
 def latency_section() -> list[str]:
