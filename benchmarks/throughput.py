@@ -702,7 +702,7 @@ def render(result: dict, json_path: str) -> str:
     for r in rows:
         lines.append(f"| {r['system']} | {fmt(r['train_images_per_s'])} | {fmt(median_of(r, 'train'))} "
                      f"| {fmt(r['infer_images_per_s'])} | {fmt(median_of(r, 'infer'))} | {fmt(r['peak_rss_mb'], 0)} |")
-    lines += inference_note(next(r for r in rows if r["system"] == "stidi"), result.get("ratios") or {})
+    lines += inference_note(next(r for r in rows if r["system"] == "stidi"), result.get("ratios") or {}, result.get("commit"))
     lines += ["", "STiDi-BP training throughput by time window:", "",
               "| T | Training images/s | (median batch) |", "|---:|---:|---:|"]
     lines += [f"| {r['T']} | {fmt(r['train_images_per_s'])} | {fmt(r.get('median_batch_images_per_s'))} |"
@@ -760,8 +760,8 @@ def render(result: dict, json_path: str) -> str:
     return "\n".join(lines)
 
 
-def inference_note(stidi: dict, ratios: dict) -> list[str]:
-    """Which stidi network the inference figures are for (trained model or fresh network)."""
+def inference_note(stidi: dict, ratios: dict, commit: str | None = None) -> list[str]:
+    """Which stidi network the inference figures are for (trained model, as of the measurement's commit, or fresh network)."""
     infer = (stidi.get("details") or {}).get("infer") or {}
     fresh = (stidi.get("details") or {}).get("infer_fresh")
     if fresh is None:  # a record from before the trained model was timed
@@ -774,7 +774,8 @@ def inference_note(stidi: dict, ratios: dict) -> list[str]:
         accuracy = infer.get("test_accuracy")
         accuracy_text = ("" if accuracy is None else
                          f", test accuracy {100 * accuracy:.2f} % on {infer.get('test_accuracy_images', '?'):,} MNIST test images")
-        return ["", f"**stidi inference is timed on the trained model** `{infer['model']}` "
+        as_of = f" as of commit `{commit[:7]}` (`git show {commit[:7]}:{infer['model']}`)" if commit else ""
+        return ["", f"**stidi inference is timed on the trained model** `{infer['model']}`{as_of} "
                     f"(sha256 `{infer.get('model_sha256', '?')[:16]}…`, T = {infer.get('T', '?')}{accuracy_text}): "
                     f"{fmt(infer.get('images_per_s'))} images/s, the figure in the table and in `infer_vs_cnn`; "
                     f"{fresh_text}."]
