@@ -150,7 +150,7 @@ def latency_section() -> list[str]:
     if data.get("trained_decisions"):
         d = data["trained_decisions"]
         q = d["decision_time_quantiles"]
-        out += ["", f"The trained `{d['model']}` (input power {d['input_power']:g}) decides at steps "
+        out += ["", f"The trained `{d['model']}` as of commit `{data['commit'][:7]}` (input power {d['input_power']:g}) decides at steps "
                 f"{q['0.1']:.0f} / {q['0.5']:.0f} / {q['0.9']:.0f} (10/50/90 %) on the same images."]
     return out + [""]
 
