@@ -43,14 +43,14 @@ def epoch_moves(count: int, max_shift: int, flip: bool, seed: int, epoch: int) -
 def move_images(images: np.ndarray | torch.Tensor, moves: torch.Tensor) -> torch.Tensor:
     """``images`` each mirrored left–right where ``moves[:, 2]`` is 1, then translated by ``moves[:, :2]``."""
     x = torch.as_tensor(np.asarray(images))
+    if x.dim() not in (3, 4):
+        raise StidiError(f"train.augment_shift and train.augment_flip need images of shape (N, H, W) or (N, C, H, W); "
+                         f"got {tuple(x.shape)}: set augment_shift = 0 and augment_flip = false for flat inputs")
     mirrored = moves[:, 2].bool()
     if bool(mirrored.any()):
-        if x.dim() not in (3, 4):
-            raise StidiError(f"train.augment_flip needs images of shape (N, H, W) or (N, C, H, W); got {tuple(x.shape)}: "
-                             "set augment_flip = false for flat inputs")
         x = x.clone()
         x[mirrored] = x[mirrored].flip(-1)
-    return shift_images(x, moves[:, :2])
+    return shift_images(x, moves[:, :2]) if bool(moves[:, :2].any()) else x
 
 
 def shift_images(images: np.ndarray | torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
