@@ -103,6 +103,7 @@ class TrainConfig:
     checkpoint_every: int = _field(100, NON_NEGATIVE, "also checkpoint every N batches within an epoch (0: only at epoch ends)")
     augment_shift: int = _field(0, NON_NEGATIVE, "move each training image by up to N pixels each way, a fresh random offset every epoch (0: no augmentation)")
     augment_flip: bool = _field(False, None, "mirror each training image left-right with probability 1/2, a fresh draw every epoch (for mirror-symmetric classes such as clothes; not digits)")
+    weight_average: float = _field(0.0, (lambda v: 0 <= v < 1, "a number in [0, 1)"), "β: evaluate and save an exponential moving average of the weights, updated after every step (0: the weights as trained)")
 
 
 @dataclass

@@ -31,6 +31,7 @@ import torch
 
 from . import distributed
 from .augment import epoch_moves, move_images
+from .averaging import update_average, weights_swapped
 from .config import Config, merge
 from .distributed import SINGLE, Context
 from .errors import ModelFileError, StidiError
@@ -258,12 +259,23 @@ class Trainer:
         self.timing: list[dict] = []
         self.partial: dict | None = None  # {"epoch", "step", "correct", "seconds"} of an unfinished epoch
         self.stop_signal: int | None = None
+        self.average: list[torch.Tensor] | None = None  # w̄ of train.weight_average (stidi.averaging)
+        self.steps = 0  # optimiser steps taken: the ramp of the average's decay
+
+    def _start_average(self) -> None:
+        if self.t.weight_average > 0:
+            self.average = [w.detach().clone() for w in self.net.weights]
+
+    def evaluated_weights(self):
+        """Context in which the network holds the weights that are evaluated and saved (the average, if kept)."""
+        return weights_swapped(self.net.weights, self.average)
 
     # -- state -------------------------------------------------------------------------
     def start_fresh(self) -> None:
         fired = initialise(self.net, self.config, self.train_set)
         self.lr_scale = [float(w.std()) for w in self.net.weights]
         self.opt = make_optimizer(self.net, self.config, self.lr_scale)
+        self._start_average()
         self.log(f"initialised {self.config.model.network}: firing fraction per weighted layer {[round(f, 3) for f in fired]}")
 
     def share_initial_state(self) -> None:
@@ -271,6 +283,7 @@ class Trainer:
         tensors, self.lr_scale = self.dist.broadcast((network_tensors(self.net), self.lr_scale), "sharing the initial weights")
         restore_weights(self.net, tensors, self.out)
         self.opt = make_optimizer(self.net, self.config, self.lr_scale)
+        self._start_average()
 
     def resume(self) -> None:
         loaded = self.ckpt.load(self.log) if self.dist.is_writer else None
@@ -283,6 +296,9 @@ class Trainer:
         self.timing = info.get("timing", [])
         self.opt = make_optimizer(self.net, self.config, self.lr_scale)
         _restore_optimizer(self.opt, tensors, info["optimizer_groups"])
+        if self.t.weight_average > 0:
+            self.average = [tensors[f"average.{k}"].clone() for k in range(len(self.net.weights))]
+            self.steps = info["steps"]
         where = f"step {self.partial['step']} of epoch {self.partial['epoch'] + 1}" if self.partial else f"epoch {len(self.history)}"
         self.log(f"resuming from {self.ckpt.current} after {where}")
         if self.history and not self.partial:
@@ -293,17 +309,19 @@ class Trainer:
             return
         opt_tensors, groups = _optimizer_tensors(self.opt)
         info = {"config": self.config.to_dict(), "lr_scale": self.lr_scale, "history": self.history,
-                "timing": self.timing, "partial": self.partial, "optimizer_groups": groups}
-        self.ckpt.save({**network_tensors(self.net), **opt_tensors}, info)
+                "timing": self.timing, "partial": self.partial, "optimizer_groups": groups, "steps": self.steps}
+        average = {f"average.{k}": a for k, a in enumerate(self.average or [])}
+        self.ckpt.save({**network_tensors(self.net), **opt_tensors, **average}, info)
 
     def _write_epoch_outputs(self) -> None:
         """The latest model, and ``best.safetensors`` when this epoch is the best by validation."""
         if not self.dist.is_writer:
             return
-        save_model(self.out / "model.safetensors", self.net, self.config, {"history": self.history})
-        if self.val_set is not None and best_record(self.history) is self.history[-1]:
-            save_model(self.out / "best.safetensors", self.net, self.config,
-                       {"history": self.history, "best_epoch": self.history[-1]["epoch"]})
+        with self.evaluated_weights():
+            save_model(self.out / "model.safetensors", self.net, self.config, {"history": self.history})
+            if self.val_set is not None and best_record(self.history) is self.history[-1]:
+                save_model(self.out / "best.safetensors", self.net, self.config,
+                           {"history": self.history, "best_epoch": self.history[-1]["epoch"]})
         atomic_write(self.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.history).encode())
         atomic_write(self.out / "timing.jsonl", "".join(json.dumps(r) + "\n" for r in self.timing).encode())
 
@@ -316,9 +334,10 @@ class Trainer:
                 record, timing = self._train_epoch(epoch)
                 if self.dist.active:
                     timing["processes"] = self.dist.world
-                if self.val_set is not None:
-                    record.update({f"val_{k}": v for k, v in evaluate(self.net, self.val_set, self.dist).items()})
-                record.update({f"test_{k}": v for k, v in evaluate(self.net, self.test_set, self.dist).items()})
+                with self.evaluated_weights():
+                    if self.val_set is not None:
+                        record.update({f"val_{k}": v for k, v in evaluate(self.net, self.val_set, self.dist).items()})
+                    record.update({f"test_{k}": v for k, v in evaluate(self.net, self.test_set, self.dist).items()})
                 self.history.append(record)
                 self.timing.append(timing)
                 self.partial = None
@@ -400,6 +419,10 @@ class Trainer:
                     for w, saved in zip(self.net.weights, before[0]):
                         w.copy_(saved)
                 self.opt.load_state_dict(before[1])
+            else:
+                if self.average is not None:
+                    update_average(self.average, self.net.weights, self.t.weight_average, self.steps)
+                self.steps += 1
         if problem is not None:
             self.save_checkpoint()
             raise NonFiniteError(f"epoch {epoch + 1}, step {step + 1}: {problem}; stopped with the last good "
@@ -480,6 +503,11 @@ def train(
             trainer.start_fresh()
             if dist.active:
                 trainer.share_initial_state()
-        return trainer.net, trainer.run()
+        history = trainer.run()
+        if trainer.average is not None:  # the returned network is the one that was evaluated and saved
+            with torch.no_grad():
+                for w, a in zip(trainer.net.weights, trainer.average):
+                    w.copy_(a)
+        return trainer.net, history
     finally:
         distributed.shutdown(dist)
