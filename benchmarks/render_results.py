@@ -125,7 +125,8 @@ def recipe_line(name: str) -> str:
             f"batch {c.train.batch_size}, {c.train.epochs} epochs, τ = {c.model.tau:g}, "
             f"latency derivative {c.rule.latency_derivative}, input power p = {c.model.input_power:g}, "
             f"random shifts {'of up to ' + str(c.train.augment_shift) + ' px' if c.train.augment_shift else 'none'}, "
-            f"mirror images {'yes' if c.train.augment_flip else 'no'}{binary}")
+            f"mirror images {'yes' if c.train.augment_flip else 'no'}, "
+            f"weight average {'β = ' + format(c.train.weight_average, 'g') if c.train.weight_average else 'none'}{binary}")
 
 
 def width_cost() -> str:
