@@ -82,3 +82,19 @@ def test_binary_flag_per_layer_must_match_the_layer_count():
 
     with pytest.raises(ConfigError, match="binary"):
         Network("4C5-P2-10", (1, 12, 12), T=32, binary=[True, False, True])
+
+
+def test_forward_displacement_uses_only_the_signs_and_leaves_the_top_layer_alone():
+    net, t_in = _binary_net("fixed")
+    trace = net.trace(t_in)
+    labels = torch.arange(8) % 10
+    opts = RuleOptions(gamma=4.0, binary_displacement="forward")
+    G = update_directions(net, trace, labels, opts)
+    real = update_directions(net, trace, labels, RuleOptions(gamma=4.0))
+    assert torch.equal(G[1], real[1])  # the top layer's update does not involve a displacement
+    assert not torch.allclose(G[0], real[0])
+    # with the fixed scale, rescaling the top layer's real weights without changing their signs changes nothing
+    with torch.no_grad():
+        net.weights[1].mul_(torch.linspace(0.5, 1.5, net.weights[1].numel()).reshape(net.weights[1].shape))
+    G2 = update_directions(net, trace, labels, opts)
+    assert all(torch.equal(a, b) for a, b in zip(G, G2))

@@ -82,6 +82,7 @@ class RuleConfig:
     conv_update: str = _field("sum", one_of("sum", "mean"), "shared conv weights: sum or average over positions")
     revival: float = _field(0.0, NON_NEGATIVE, "ρ: a silent hidden neuron gets displacement ρ·min(0, W^T δ), asking it to fire again (0: the plain rule)")
     targets: str = _field("earliest", one_of("earliest", "split"), "reference time r of the output targets: the earliest output spike, or halfway between the true class and the earliest other output less γ/2 ('split')")
+    binary_displacement: str = _field("real", one_of("real", "forward"), "weights of a binary layer in the displacement: the real weights w ('real', the specification) or the forward pass's α·sign(w) ('forward')")
     decision_floor: float = _field(0.0, NON_NEGATIVE, "t_f (steps): the targets' reference time r becomes max(r, t_f), so a decision before t_f is pushed later (0: the plain rule)")
 
 

@@ -21,6 +21,8 @@ step from layer ``l``'s error and weights (the spike time displacement):
 * displacement ``Δt_i = Σ_j δ_j w_ij g(t_j − t_i)``, ``g`` the fired-before mask
   ``[t_i < t_j]`` (``displacement_gate = "mask"``) or ``ε'`` (``"slope"``); the layer
   below has error ``Δt_i / T``; pooling hands each displacement to its window's winner.
+  In a binary layer ``w`` is the real weight (``binary_displacement = "real"``) or the
+  forward pass's ``α · sign(w)`` (``"forward"``).
 
 Neurons that never fired enter the rule at ``t = T``. With the fired-before gate, a
 hidden neuron that stayed silent gets no displacement, so a neuron silenced during
@@ -65,6 +67,7 @@ class RuleOptions:
     revival: float = 0.0
     decision_floor: float = 0.0
     targets: str = "earliest"
+    binary_displacement: str = "real"
 
 
 def output_error(t_out: torch.Tensor, labels: torch.Tensor, T: int, gamma: float, forced_firing: bool,
@@ -152,7 +155,7 @@ def update_sums(net: Network, trace: Trace, labels: torch.Tensor, opts: RuleOpti
         if shift is not None:
             error = normalise(shift / T, opts.error_norm)
         k = net.weighted.index(i)
-        w = net.weights[k]
+        w = net.weight_of(i) if opts.binary_displacement == "forward" else net.weights[k]
         theta = net.thresholds[k]
         x, padding = net.layer_operands(i, t_in)
         t_rule = t_out.clamp(max=T)
