@@ -6,7 +6,8 @@ the STiDi-BP steps move, an average ``w̄`` updated after every step ``n`` (coun
     w̄ ← β_n · w̄ + (1 − β_n) · w,    β_n = min(β, (1 + n) / (10 + n)),    w̄ = w₀ at the start.
 
 The ramp ``β_n`` gives the first steps a short memory, so the average does not stay near
-the initial weights in short runs; after about ``10 β / (1 − β)`` steps it is ``β``.
+the initial weights in short runs; after ``(10 β − 1) / (1 − β)`` steps (8,990 for
+``β = 0.999``) it is ``β``.
 Validation, test and the saved models use ``w̄``; the rule, the optimiser and the training
 accuracy use ``w``. The learning rule is unchanged: the average only smooths the step-to-step
 noise of what is evaluated. That noise is largest in binary layers, where a real weight

@@ -1,6 +1,7 @@
 """Training loop: batches, STiDi-BP steps, evaluation, metrics and resumable checkpoints.
 
-After every epoch the trainer evaluates on the test set, writes a checkpoint
+After every epoch the trainer evaluates on the test set (through the moving average of
+the weights when ``weight_average`` is set, :mod:`stidi.averaging`), writes a checkpoint
 (``checkpoint.safetensors`` + ``.json``: weights, optimiser state, metrics so far) and
 the model (``model.safetensors`` + ``.json``), each atomically, and rewrites
 ``metrics.jsonl`` (deterministic: same seed and threads give the same file) and
