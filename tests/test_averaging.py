@@ -82,14 +82,15 @@ def test_interrupted_run_with_averaging_resumes_exactly(tmp_path, monkeypatch):
 
     def interrupt_after_five(self, directions, trace, epoch, step):
         real_step(self, directions, trace, epoch, step)
-        if self.steps == 5:
+        if epoch * 8 + step + 1 == 5:  # 128 training images, batch 16: 8 steps per epoch
             self.stop_signal = signal.SIGTERM
 
     monkeypatch.setattr(train_module.Trainer, "_step", interrupt_after_five)
     with pytest.raises(TrainingInterrupted):
         train(config, tmp_path / "cut", progress=False, log=lambda m: None)
     monkeypatch.setattr(train_module.Trainer, "_step", real_step)
-    assert json.loads((tmp_path / "cut" / "checkpoint.json").read_text())["steps"] == 5
+    partial = json.loads((tmp_path / "cut" / "checkpoint.json").read_text())["partial"]
+    assert (partial["epoch"], partial["step"]) == (0, 5)
     train(config, tmp_path / "cut", resume=True, progress=False, log=lambda m: None)
     for name in ("model.safetensors", "best.safetensors", "checkpoint.safetensors"):
         whole, cut = load_file(tmp_path / "whole" / name), load_file(tmp_path / "cut" / name)

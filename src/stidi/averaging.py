@@ -36,6 +36,13 @@ def update_average(average: Sequence[torch.Tensor], weights: Sequence[torch.Tens
         avg.mul_(b).add_(w.detach(), alpha=1.0 - b)
 
 
+@torch.no_grad()
+def assign(weights: Sequence[torch.Tensor], values: Sequence[torch.Tensor]) -> None:
+    """Copy ``values`` into ``weights`` in place, layer by layer."""
+    for w, v in zip(weights, values):
+        w.copy_(v)
+
+
 @contextlib.contextmanager
 def weights_swapped(weights: Sequence[torch.Tensor], replacement: Sequence[torch.Tensor] | None) -> Iterator[None]:
     """Inside the block ``weights`` hold ``replacement`` (``None``: unchanged); restored on exit, also on error."""
@@ -43,12 +50,8 @@ def weights_swapped(weights: Sequence[torch.Tensor], replacement: Sequence[torch
         yield
         return
     saved = [w.detach().clone() for w in weights]
-    with torch.no_grad():
-        for w, r in zip(weights, replacement):
-            w.copy_(r)
+    assign(weights, replacement)
     try:
         yield
     finally:
-        with torch.no_grad():
-            for w, s in zip(weights, saved):
-                w.copy_(s)
+        assign(weights, saved)

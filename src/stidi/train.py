@@ -32,7 +32,7 @@ import torch
 
 from . import distributed
 from .augment import epoch_moves, move_images
-from .averaging import update_average, weights_swapped
+from .averaging import assign, update_average, weights_swapped
 from .config import Config, merge
 from .distributed import SINGLE, Context
 from .errors import ModelFileError, StidiError
@@ -261,7 +261,6 @@ class Trainer:
         self.partial: dict | None = None  # {"epoch", "step", "correct", "seconds"} of an unfinished epoch
         self.stop_signal: int | None = None
         self.average: list[torch.Tensor] | None = None  # w̄ of train.weight_average (stidi.averaging)
-        self.steps = 0  # optimiser steps taken: the ramp of the average's decay
 
     def _start_average(self) -> None:
         if self.t.weight_average > 0:
@@ -299,7 +298,6 @@ class Trainer:
         _restore_optimizer(self.opt, tensors, info["optimizer_groups"])
         if self.t.weight_average > 0:
             self.average = [tensors[f"average.{k}"].clone() for k in range(len(self.net.weights))]
-            self.steps = info["steps"]
         where = f"step {self.partial['step']} of epoch {self.partial['epoch'] + 1}" if self.partial else f"epoch {len(self.history)}"
         self.log(f"resuming from {self.ckpt.current} after {where}")
         if self.history and not self.partial:
@@ -310,7 +308,7 @@ class Trainer:
             return
         opt_tensors, groups = _optimizer_tensors(self.opt)
         info = {"config": self.config.to_dict(), "lr_scale": self.lr_scale, "history": self.history,
-                "timing": self.timing, "partial": self.partial, "optimizer_groups": groups, "steps": self.steps}
+                "timing": self.timing, "partial": self.partial, "optimizer_groups": groups}
         average = {f"average.{k}": a for k, a in enumerate(self.average or [])}
         self.ckpt.save({**network_tensors(self.net), **opt_tensors, **average}, info)
 
@@ -420,10 +418,9 @@ class Trainer:
                     for w, saved in zip(self.net.weights, before[0]):
                         w.copy_(saved)
                 self.opt.load_state_dict(before[1])
-            else:
-                if self.average is not None:
-                    update_average(self.average, self.net.weights, self.t.weight_average, self.steps)
-                self.steps += 1
+            elif self.average is not None:  # n counts the steps of the run: the ramp of the average's decay
+                n = epoch * math.ceil(len(self.train_set) / self.t.batch_size) + step
+                update_average(self.average, self.net.weights, self.t.weight_average, n)
         if problem is not None:
             self.save_checkpoint()
             raise NonFiniteError(f"epoch {epoch + 1}, step {step + 1}: {problem}; stopped with the last good "
@@ -506,9 +503,7 @@ def train(
                 trainer.share_initial_state()
         history = trainer.run()
         if trainer.average is not None:  # the returned network is the one that was evaluated and saved
-            with torch.no_grad():
-                for w, a in zip(trainer.net.weights, trainer.average):
-                    w.copy_(a)
+            assign(trainer.net.weights, trainer.average)
         return trainer.net, history
     finally:
         distributed.shutdown(dist)
