@@ -96,6 +96,7 @@ class TrainConfig:
     optimizer: str = _field("adam", one_of("adam", "sgd"), "how update directions become steps")
     lr: float | list = _field(0.01, each(POSITIVE), "learning rate per weighted layer, relative to the layer's initial weight std")
     lr_schedule: str = _field("cosine", one_of("constant", "cosine"), "learning-rate schedule over the epochs")
+    weight_decay: float = _field(0.0, NON_NEGATIVE, "λ: decoupled weight decay, w ← w − η_l λ w after every step, η_l the layer's step size (0: none)")
     train_limit: int = _field(0, NON_NEGATIVE, "use only the first N training images (0: all)")
     test_limit: int = _field(0, NON_NEGATIVE, "evaluate on the first N test images (0: all)")
     seed: int = _field(0, NON_NEGATIVE, "seed of initialisation and shuffling")

@@ -153,9 +153,19 @@ def learning_rate(base: float, epoch: int, epochs: int, schedule: str) -> float:
 
 
 def make_optimizer(net: Network, config: Config, lr_scale: list[float]) -> torch.optim.Optimizer:
+    """One parameter group per weighted layer, with step size ``lr × lr_scale`` (the layer's initial weight std).
+
+    ``train.weight_decay = λ`` is decoupled from the update direction: every step also
+    shrinks ``w ← w − η_l λ w`` (AdamW's decay; for SGD the same thing), so it is the same
+    pull towards 0 whatever Adam's normalisation does to the rule's directions.
+    """
     lrs = per_layer(config.train.lr, len(net.weights), "train.lr")
-    groups = [{"params": [w], "lr": lr * s, "base_lr": lr * s} for w, lr, s in zip(net.weights, lrs, lr_scale)]
-    return torch.optim.Adam(groups) if config.train.optimizer == "adam" else torch.optim.SGD(groups)
+    decay = config.train.weight_decay
+    groups = [{"params": [w], "lr": lr * s, "base_lr": lr * s, "weight_decay": decay}
+              for w, lr, s in zip(net.weights, lrs, lr_scale)]
+    if config.train.optimizer == "adam":
+        return torch.optim.Adam(groups, decoupled_weight_decay=True)
+    return torch.optim.SGD(groups)
 
 
 def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
