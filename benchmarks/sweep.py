@@ -125,9 +125,24 @@ def summarise(variant: str, overrides: dict, out: Path) -> dict:
     }
 
 
-def _source_tree_dirty() -> bool:
-    """Whether the code or the configs a variant trains with have uncommitted edits."""
-    return _git("status", "--porcelain", "src", "benchmarks/configs") not in ("", "unknown")
+def _source_tree_dirty() -> bool | None:
+    """Whether the code or the configs a variant trains with have uncommitted edits (None: no git to ask).
+
+    Asks git directly: :func:`_git` falls back to $STIDI_COMMIT on empty output, and a clean
+    tree's status *is* empty, so through it every launch with $STIDI_COMMIT set read as dirty.
+    """
+    try:
+        done = subprocess.run(["git", "status", "--porcelain", "src", "benchmarks/configs"], cwd=ROOT,
+                              capture_output=True, text=True)
+    except OSError:
+        return None
+    return bool(done.stdout.strip()) if done.returncode == 0 else None
+
+
+def _any_dirty(launches: list[dict]) -> bool | None:
+    """True if any launch ran on an edited tree, None if one could not tell, else False."""
+    flags = [launch.get("source_tree_dirty") for launch in launches]
+    return True if True in flags else (None if None in flags else False)
 
 
 def read_launches(root: Path) -> list[dict]:
@@ -209,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "commit": commit,
         "commits": list(dict.fromkeys(launch["commit"] for launch in launches)) or [commit],
-        "source_tree_dirty": any(launch["source_tree_dirty"] for launch in launches) if launches else _source_tree_dirty(),
+        "source_tree_dirty": _any_dirty(launches) if launches else _source_tree_dirty(),
         "machine": f"{platform.node()} ({os.cpu_count()} cores, {platform.processor() or platform.machine()})",
         "jobs": args.jobs,
         "wall_seconds": round(time.time() - started, 1),
