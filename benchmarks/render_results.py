@@ -111,22 +111,43 @@ def sweep_tables() -> list[str]:
     return out or ["No sweep has been run yet (`python benchmarks/sweep.py NAME`)."]
 
 
-def recipe_line(name: str) -> str:
-    """The network, margin, learning rate and length of a run's config (with stidi's defaults filled in), as a short phrase."""
+def run_config(name: str):
+    """The config of reproduction run ``name`` with stidi's defaults filled in, or None if it is missing."""
     path = ROOT / "benchmarks" / "configs" / f"{name}.toml"
     if not path.exists():
-        return f"* {name}: config missing"
+        return None
     sys.path.insert(0, str(ROOT / "src"))
     from stidi.config import load_config
 
-    c = load_config(path)
+    return load_config(path)
+
+
+def recipe_line(name: str) -> str:
+    """The network, margin, learning rate and length of a run's config (with stidi's defaults filled in), as a short phrase."""
+    path = ROOT / "benchmarks" / "configs" / f"{name}.toml"
+    c = run_config(name)
+    if c is None:
+        return f"* {name}: config missing"
     binary = f", binary scale {c.model.binary_scale}" if c.model.binary else ""
+    extra = "".join([f", revival ρ = {c.rule.revival:g}" if c.rule.revival else "",
+                     f", weight decay λ = {c.train.weight_decay:g}" if c.train.weight_decay else ""])
     return (f"* {name} (`{path.relative_to(ROOT)}`): `{c.model.network}`, {c.rule.targets} targets, γ = {c.rule.gamma:g}, lr {c.train.lr}, "
             f"batch {c.train.batch_size}, {c.train.epochs} epochs, τ = {c.model.tau:g}, "
             f"latency derivative {c.rule.latency_derivative}, input power p = {c.model.input_power:g}, "
             f"random shifts {'of up to ' + str(c.train.augment_shift) + ' px' if c.train.augment_shift else 'none'}, "
             f"mirror images {'yes' if c.train.augment_flip else 'no'}, "
-            f"weight average {'β = ' + format(c.train.weight_average, 'g') if c.train.weight_average else 'none'}{binary}")
+            f"weight average {'β = ' + format(c.train.weight_average, 'g') if c.train.weight_average else 'none'}{extra}{binary}")
+
+
+def revival_clauses() -> tuple[str, str]:
+    """The rule summary's word on revival, and the item naming the runs that use it ("" if none does)."""
+    revived = {name: c.rule.revival for name in TARGETS if (c := run_config(name)) is not None and c.rule.revival}
+    if not revived:
+        return "no revival", ""
+    names = ", ".join(f"{name} (ρ = {rho:g})" for name, rho in revived.items())
+    return ("revival only where named below",
+            f"revival of silent hidden neurons (`revival = ρ`: a silent neuron gets the part of the displacement that "
+            f"asks it to fire) in {names}; ")
 
 
 def width_cost() -> str:
@@ -247,13 +268,14 @@ def main() -> int:
     lines += ["", "Firing fraction per layer at the chosen epoch (fraction of neurons firing before T on the test set, "
               "layers in spec order, pooling layers included):", ""]
     lines += [f"* {name}: {r['firing_fraction_at_best']}" for name, r in sorted(runs.items())]
+    revival_word, revival_item = revival_clauses()
     lines += ["", "## Recipe", "",
               "Every run uses the STiDi-BP rule of [algorithm.md](algorithm.md) (linear latency derivative −t/θ, "
-              "fired-before mask, ramp PSP, forced firing, L2-normalised errors, T = 256, no revival); its "
+              f"fired-before mask, ramp PSP, forced firing, L2-normalised errors, T = 256, {revival_word}); its "
               "training choices are fields of its config in `benchmarks/configs/`: Adam with per-layer learning rates "
               "relative to each layer's initial weight spread, a cosine schedule, batch 32, initialisation calibrated so "
               "that 30 % of each layer's driven neurons fire, and the last 5,000 training images held out for choosing "
-              "the epoch. Seven choices are specific to some runs: a wider network, `48C5-P2-96C5-P2-10` instead of "
+              f"the epoch. {'Eight' if revival_item else 'Seven'} choices are specific to some runs: a wider network, `48C5-P2-96C5-P2-10` instead of "
               f"the default `32C5-P2-64C5-P2-10`, where it scored higher on validation{width_cost()}; "
               "on Fashion-MNIST, the same widths with each convolution's input padded by 2 never-firing pixels per side "
               "(`48C5p2-P2-96C5p2-P2-10`), so that the last map keeps 7×7 positions instead of 4×4 and the frame's border "
@@ -261,7 +283,8 @@ def main() -> int:
               "(`weight_average`, on Fashion-MNIST); random shifts of the training images "
               "(`augment_shift`) where a network overfit; the contrast curve `input_power` (t = floor(T (1 − x^p))) "
               "for Fashion-MNIST's grey-level images; split output targets (`targets = \"split\"`: the true class and "
-              "the earliest other output share the missed margin) on Fashion-MNIST and in mnist-rcsnn; and a binary scale fixed at "
+              "the earliest other output share the missed margin) on Fashion-MNIST and in mnist-rcsnn; "
+              f"{revival_item}and a binary scale fixed at "
               "initialisation (`binary_scale = \"fixed\"`) for the binary networks. Each run keeps its directory under `results/runs/` (named after the run, e.g. "
               "`results/runs/mnist-rcsnn/`: model, best-by-validation model, metrics; an unfinished run's checkpoint "
               "is committed with it, so it can be continued later with the same command); a run that spans several "
