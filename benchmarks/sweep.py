@@ -44,13 +44,18 @@ SWEEPS = ROOT / "benchmarks" / "sweeps"
 CONFIGS = ROOT / "benchmarks" / "configs"
 
 
-def _git(*args: str) -> str:
-    """Output of a git command, or $STIDI_COMMIT where the copy has no git (a machine the tree was copied to)."""
+def _git(*args: str) -> str | None:
+    """Output of a git command (possibly empty), or None where git is missing or fails."""
     try:
-        out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
     except OSError:
-        out = ""
-    return out or os.environ.get("STIDI_COMMIT", "unknown")
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def _commit(*options: str) -> str:
+    """``git rev-parse [options] HEAD``, or $STIDI_COMMIT where the copy has no git (a machine the tree was copied to)."""
+    return _git("rev-parse", *options, "HEAD") or os.environ.get("STIDI_COMMIT", "unknown")
 
 
 def _toml_value(value) -> str:
@@ -99,7 +104,7 @@ def launch(config: dict, out: Path) -> subprocess.Popen:
         command.append("--resume")
     env = dict(os.environ, NUMBA_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     log = open(out / "train.log", "a")
-    log.write(f"$ {' '.join(command)}  (commit {_git('rev-parse', '--short', 'HEAD')})\n")
+    log.write(f"$ {' '.join(command)}  (commit {_commit('--short')})\n")
     log.flush()
     return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
 
@@ -126,17 +131,9 @@ def summarise(variant: str, overrides: dict, out: Path) -> dict:
 
 
 def _source_tree_dirty() -> bool | None:
-    """Whether the code or the configs a variant trains with have uncommitted edits (None: no git to ask).
-
-    Asks git directly: :func:`_git` falls back to $STIDI_COMMIT on empty output, and a clean
-    tree's status *is* empty, so through it every launch with $STIDI_COMMIT set read as dirty.
-    """
-    try:
-        done = subprocess.run(["git", "status", "--porcelain", "src", "benchmarks/configs"], cwd=ROOT,
-                              capture_output=True, text=True)
-    except OSError:
-        return None
-    return bool(done.stdout.strip()) if done.returncode == 0 else None
+    """Whether the code or the configs a variant trains with have uncommitted edits (None: no git to ask)."""
+    status = _git("status", "--porcelain", "src", "benchmarks/configs")
+    return None if status is None else bool(status)
 
 
 def _any_dirty(launches: list[dict]) -> bool | None:
@@ -159,7 +156,7 @@ def record_launch(root: Path) -> None:
     """
     launches = read_launches(root)
     # $STIDI_COMMIT first: a copy of the tree on another machine may carry a stale .git
-    launches.append({"commit": os.environ.get("STIDI_COMMIT") or _git("rev-parse", "HEAD"),
+    launches.append({"commit": os.environ.get("STIDI_COMMIT") or _commit(),
                      "source_tree_dirty": _source_tree_dirty(),
                      "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     root.mkdir(parents=True, exist_ok=True)
@@ -216,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = [summarise(v, {**common, **variants[v]}, root / v) for v in variants]
     launches = read_launches(root)
-    commit = launches[0]["commit"] if launches else _git("rev-parse", "HEAD")
+    commit = launches[0]["commit"] if launches else _commit()
     result = {
         "sweep": args.name,
         "base": sweep["base"],
