@@ -424,9 +424,7 @@ class Trainer:
             self.opt.step()
             problem = _first_non_finite(self.net, directions, trace.times)
             if problem is not None:
-                with torch.no_grad():
-                    for w, saved in zip(self.net.weights, before[0]):
-                        w.copy_(saved)
+                assign(self.net.weights, before[0])
                 self.opt.load_state_dict(before[1])
             elif self.average is not None:  # n counts the steps of the run: the ramp of the average's decay
                 n = epoch * math.ceil(len(self.train_set) / self.t.batch_size) + step
