@@ -111,9 +111,14 @@ def sweep_tables() -> list[str]:
     return out or ["No sweep has been run yet (`python benchmarks/sweep.py NAME`)."]
 
 
+def config_path(name: str) -> Path:
+    """The config file of reproduction run ``name``."""
+    return ROOT / "benchmarks" / "configs" / f"{name}.toml"
+
+
 def run_config(name: str):
     """The config of reproduction run ``name`` with stidi's defaults filled in, or None if it is missing."""
-    path = ROOT / "benchmarks" / "configs" / f"{name}.toml"
+    path = config_path(name)
     if not path.exists():
         return None
     sys.path.insert(0, str(ROOT / "src"))
@@ -124,14 +129,13 @@ def run_config(name: str):
 
 def recipe_line(name: str) -> str:
     """The network, margin, learning rate and length of a run's config (with stidi's defaults filled in), as a short phrase."""
-    path = ROOT / "benchmarks" / "configs" / f"{name}.toml"
     c = run_config(name)
     if c is None:
         return f"* {name}: config missing"
     binary = f", binary scale {c.model.binary_scale}" if c.model.binary else ""
     extra = "".join([f", revival ρ = {c.rule.revival:g}" if c.rule.revival else "",
                      f", weight decay λ = {c.train.weight_decay:g}" if c.train.weight_decay else ""])
-    return (f"* {name} (`{path.relative_to(ROOT)}`): `{c.model.network}`, {c.rule.targets} targets, γ = {c.rule.gamma:g}, lr {c.train.lr}, "
+    return (f"* {name} (`{config_path(name).relative_to(ROOT)}`): `{c.model.network}`, {c.rule.targets} targets, γ = {c.rule.gamma:g}, lr {c.train.lr}, "
             f"batch {c.train.batch_size}, {c.train.epochs} epochs, τ = {c.model.tau:g}, "
             f"latency derivative {c.rule.latency_derivative}, input power p = {c.model.input_power:g}, "
             f"random shifts {'of up to ' + str(c.train.augment_shift) + ' px' if c.train.augment_shift else 'none'}, "

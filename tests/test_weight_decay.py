@@ -23,25 +23,27 @@ def _net_and_config(optimizer: str, decay: float):
     return net, config
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
-def test_a_step_without_a_direction_shrinks_each_layer_by_its_step_size_times_lambda(optimizer):
-    net, config = _net_and_config(optimizer, 0.5)
+def _step_without_a_direction(net, config, lr_scale: list[float]) -> list[torch.Tensor]:
+    """Take one optimiser step with all-zero directions; returns the weights before it."""
     before = [w.detach().clone() for w in net.weights]
-    opt = make_optimizer(net, config, lr_scale=[1.0, 3.0])
+    opt = make_optimizer(net, config, lr_scale=lr_scale)
     for w in net.weights:
         w.grad = torch.zeros_like(w)
     opt.step()
+    return before
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_a_step_without_a_direction_shrinks_each_layer_by_its_step_size_times_lambda(optimizer):
+    net, config = _net_and_config(optimizer, 0.5)
+    before = _step_without_a_direction(net, config, [1.0, 3.0])
     for w, w0, step_size in zip(net.weights, before, [0.1, 0.6]):
         assert torch.allclose(w, w0 * (1 - step_size * 0.5), rtol=1e-6, atol=0)
 
 
 def test_no_decay_leaves_a_step_without_a_direction_alone():
     net, config = _net_and_config("adam", 0.0)
-    before = [w.detach().clone() for w in net.weights]
-    opt = make_optimizer(net, config, lr_scale=[1.0, 1.0])
-    for w in net.weights:
-        w.grad = torch.zeros_like(w)
-    opt.step()
+    before = _step_without_a_direction(net, config, [1.0, 1.0])
     assert all(torch.equal(w, w0) for w, w0 in zip(net.weights, before))
 
 
