@@ -168,6 +168,22 @@ def make_optimizer(net: Network, config: Config, lr_scale: list[float]) -> torch
     return torch.optim.SGD(groups)
 
 
+@torch.no_grad()
+def clip_binary_weights(net: Network, c: float) -> None:
+    """Clip the real weights of every binary layer to ``[−c α_l, c α_l]`` (``train.binary_clip``).
+
+    The forward pass of a binary layer sees only ``sign(w)``, so a real weight that has
+    drifted far from 0 no longer changes anything: it would take as many steps to flip
+    its sign as it took to get there. Clipping keeps every real weight within ``c``
+    scales of 0 (BinaryConnect clips to ±1 for the same reason). Real-valued layers are
+    left alone. With ``binary_scale = "mean_abs"`` the bound is taken before clipping.
+    """
+    for k, w in enumerate(net.weights):
+        if net.binary[k]:
+            bound = float(c * net.scale(k))
+            w.clamp_(-bound, bound)
+
+
 def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
     sd = opt.state_dict()
     tensors = {f"opt.{p}.{name}": torch.as_tensor(v) for p, st in sd["state"].items() for name, v in st.items()}
@@ -422,6 +438,8 @@ class Trainer:
             for w, g in zip(self.net.weights, directions):
                 w.grad = g
             self.opt.step()
+            if self.t.binary_clip:
+                clip_binary_weights(self.net, self.t.binary_clip)
             problem = _first_non_finite(self.net, directions, trace.times)
             if problem is not None:
                 assign(self.net.weights, before[0])
