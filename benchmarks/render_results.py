@@ -143,6 +143,12 @@ def recipe_line(name: str) -> str:
             f"weight average {'β = ' + format(c.train.weight_average, 'g') if c.train.weight_average else 'none'}{extra}{binary}")
 
 
+def padded_networks() -> str:
+    """The Fashion-MNIST runs' networks as configured, e.g. "`48C5p2-P2-96C5p2-P2-10` in fashion-bcsnn"."""
+    nets = {name: c.model.network for name in TARGETS if name.startswith("fashion") and (c := run_config(name)) is not None}
+    return ", ".join(f"`{net}` in {name}" for name, net in nets.items())
+
+
 def revival_clauses() -> tuple[str, str]:
     """The rule summary's word on revival, and the item naming the runs that use it ("" if none does)."""
     revived = {name: c.rule.revival for name in TARGETS if (c := run_config(name)) is not None and c.rule.revival}
@@ -281,8 +287,8 @@ def main() -> int:
               "that 30 % of each layer's driven neurons fire, and the last 5,000 training images held out for choosing "
               f"the epoch. {'Eight' if revival_item else 'Seven'} choices are specific to some runs: a wider network, `48C5-P2-96C5-P2-10` instead of "
               f"the default `32C5-P2-64C5-P2-10`, where it scored higher on validation{width_cost()}; "
-              "on Fashion-MNIST, the same widths with each convolution's input padded by 2 never-firing pixels per side "
-              "(`48C5p2-P2-96C5p2-P2-10`), so that the last map keeps 7×7 positions instead of 4×4 and the frame's border "
+              "on Fashion-MNIST, each convolution's input padded by 2 never-firing pixels per side "
+              f"({padded_networks()}), so that the last map keeps 7×7 positions instead of 4×4 and the frame's border "
               "reaches the readout; a moving average of the weights as the network that is evaluated and saved "
               "(`weight_average`, on Fashion-MNIST); random shifts of the training images "
               "(`augment_shift`) where a network overfit; the contrast curve `input_power` (t = floor(T (1 − x^p))) "
