@@ -60,3 +60,12 @@ def test_a_run_with_clipping_keeps_every_binary_weight_within_the_bound_and_one_
     train(_run_config(1.5), tmp_path / "clip", progress=False, log=lambda m: None)
     assert max(_largest_weight_in_scales(tmp_path / "plain")) > 1.5
     assert all(r <= 1.5 * (1 + 1e-6) for r in _largest_weight_in_scales(tmp_path / "clip"))
+
+
+def test_clipping_a_network_without_binary_layers_says_it_has_no_effect(tmp_path):
+    config = load_config(None, {"model": {"network": "4C5-P2-10", "T": 32},
+                                "train": {"train_limit": 32, "test_limit": 16, "batch_size": 16, "epochs": 1,
+                                          "threads": 1, "binary_clip": 2.0}})
+    messages = []
+    train(config, tmp_path / "real", progress=False, log=messages.append)
+    assert any("binary_clip = 2 has no effect" in m for m in messages)

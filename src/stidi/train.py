@@ -287,6 +287,9 @@ class Trainer:
         self.partial: dict | None = None  # {"epoch", "step", "correct", "seconds"} of an unfinished epoch
         self.stop_signal: int | None = None
         self.average: list[torch.Tensor] | None = None  # w̄ of train.weight_average (stidi.averaging)
+        if self.t.binary_clip and not any(self.net.binary):
+            log(f"warning: train.binary_clip = {self.t.binary_clip:g} has no effect: no layer of "
+                f"{config.model.network} is binary (set model.binary = true, or leave binary_clip at 0)")
 
     def _start_average(self) -> None:
         if self.t.weight_average > 0:
