@@ -13,6 +13,7 @@ their source.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from pathlib import Path
@@ -116,8 +117,11 @@ def config_path(name: str) -> Path:
     return ROOT / "benchmarks" / "configs" / f"{name}.toml"
 
 
+@functools.cache
 def run_config(name: str):
-    """The config of reproduction run ``name`` with stidi's defaults filled in, or None if it is missing."""
+    """The config of reproduction run ``name`` with stidi's defaults filled in, or None if it is missing.
+
+    Read once per run: the recipe lines, the padded networks and the revival clause all ask for it."""
     path = config_path(name)
     if not path.exists():
         return None
