@@ -94,7 +94,8 @@ def sweep_tables() -> list[str]:
         rows = sweep["rows"]
         common = {k: v for k, v in rows[0]["overrides"].items() if all(r["overrides"].get(k) == v for r in rows)}
         base = sweep.get("base_at") or f"benchmarks/configs/{sweep['base']}.toml"
-        stopped = " Variants with fewer epochs were stopped by the sweep's deadline." if len({r["epochs_done"] for r in rows}) > 1 else ""
+        stopped = (" Variants with fewer epochs were stopped before their last epoch, by the sweep's `--deadline` or by hand "
+                   "(the sweep's TOML file says why)." if len({r["epochs_done"] for r in rows}) > 1 else "")
         note = f" ({sweep['commit_note']})" if sweep.get("commit_note") else ""
         out += [f"### `{sweep['sweep']}`", "",
                 f"Against {base}, with {', '.join(f'{k} = {v}' for k, v in common.items()) or 'no common change'}. "
@@ -138,7 +139,8 @@ def recipe_line(name: str) -> str:
         return f"* {name}: config missing"
     binary = f", binary scale {c.model.binary_scale}" if c.model.binary else ""
     extra = "".join([f", revival ρ = {c.rule.revival:g}" if c.rule.revival else "",
-                     f", weight decay λ = {c.train.weight_decay:g}" if c.train.weight_decay else ""])
+                     f", weight decay λ = {c.train.weight_decay:g}" if c.train.weight_decay else "",
+                     f", binary clip ±{c.train.binary_clip:g}α" if c.train.binary_clip else ""])
     return (f"* {name} (`{config_path(name).relative_to(ROOT)}`): `{c.model.network}`, {c.rule.targets} targets, γ = {c.rule.gamma:g}, lr {c.train.lr}, "
             f"batch {c.train.batch_size}, {c.train.epochs} epochs, τ = {c.model.tau:g}, "
             f"latency derivative {c.rule.latency_derivative}, input power p = {c.model.input_power:g}, "
@@ -151,6 +153,26 @@ def padded_networks() -> str:
     """The Fashion-MNIST runs' networks as configured, e.g. "`48C5p2-P2-96C5p2-P2-10` in fashion-bcsnn"."""
     nets = {name: c.model.network for name in TARGETS if name.startswith("fashion") and (c := run_config(name)) is not None}
     return ", ".join(f"`{net}` in {name}" for name, net in nets.items())
+
+
+def runs_where(test) -> list[str]:
+    """The reproduction runs whose config satisfies ``test``."""
+    return [name for name in TARGETS if (c := run_config(name)) is not None and test(c)]
+
+
+def hidden_dense(network: str) -> bool:
+    """Whether a convolutional network spec has a dense layer before its readout, e.g. ``...-P2-512-10``."""
+    tokens = network.split("-")
+    return any(t.lower().count("c") for t in tokens) and any(t.isdigit() for t in tokens[:-1])
+
+
+def optional_clauses() -> list[str]:
+    """Recipe items that only some configs use: a hidden dense layer, clipping binary weights ("" items dropped)."""
+    dense = runs_where(lambda c: hidden_dense(c.model.network))
+    clipped = runs_where(lambda c: c.model.binary and c.train.binary_clip)
+    return [f"a dense hidden layer between the convolutions and the readout in {', '.join(dense)}; " if dense else "",
+            ("the real weights of binary layers clipped to ±cα after every step (`binary_clip = c`, so a step can "
+             f"still flip a sign) in {', '.join(clipped)}; ") if clipped else ""]
 
 
 def revival_clauses() -> tuple[str, str]:
@@ -283,13 +305,15 @@ def main() -> int:
               "layers in spec order, pooling layers included):", ""]
     lines += [f"* {name}: {r['firing_fraction_at_best']}" for name, r in sorted(runs.items())]
     revival_word, revival_item = revival_clauses()
+    optional = [item for item in (revival_item, *optional_clauses()) if item]
+    count = ("Seven", "Eight", "Nine", "Ten")[len(optional)]
     lines += ["", "## Recipe", "",
               "Every run uses the STiDi-BP rule of [algorithm.md](algorithm.md) (linear latency derivative −t/θ, "
               f"fired-before mask, ramp PSP, forced firing, L2-normalised errors, T = 256, {revival_word}); its "
               "training choices are fields of its config in `benchmarks/configs/`: Adam with per-layer learning rates "
               "relative to each layer's initial weight spread, a cosine schedule, batch 32, initialisation calibrated so "
               "that 30 % of each layer's driven neurons fire, and the last 5,000 training images held out for choosing "
-              f"the epoch. {'Eight' if revival_item else 'Seven'} choices are specific to some runs: a wider network, `48C5-P2-96C5-P2-10` instead of "
+              f"the epoch. {count} choices are specific to some runs: a wider network, `48C5-P2-96C5-P2-10` instead of "
               f"the default `32C5-P2-64C5-P2-10`, where it scored higher on validation{width_cost()}; "
               "on Fashion-MNIST, each convolution's input padded by 2 never-firing pixels per side "
               f"({padded_networks()}), so that the last map keeps 7×7 positions instead of 4×4 and the frame's border "
@@ -298,7 +322,7 @@ def main() -> int:
               "(`augment_shift`) where a network overfit; the contrast curve `input_power` (t = floor(T (1 − x^p))) "
               "for Fashion-MNIST's grey-level images; split output targets (`targets = \"split\"`: the true class and "
               "the earliest other output share the missed margin) on Fashion-MNIST and in mnist-rcsnn; "
-              f"{revival_item}and a binary scale fixed at "
+              f"{''.join(optional)}and a binary scale fixed at "
               "initialisation (`binary_scale = \"fixed\"`) for the binary networks. Each run keeps its directory under `results/runs/` (named after the run, e.g. "
               "`results/runs/mnist-rcsnn/`: model, best-by-validation model, metrics; an unfinished run's checkpoint "
               "is committed with it, so it can be continued later with the same command); a run that spans several "
