@@ -149,26 +149,28 @@ def recipe_line(name: str) -> str:
             f"weight average {'β = ' + format(c.train.weight_average, 'g') if c.train.weight_average else 'none'}{extra}{binary}")
 
 
-def padded_networks() -> str:
-    """The Fashion-MNIST runs' networks as configured, e.g. "`48C5p2-P2-96C5p2-P2-10` in fashion-bcsnn"."""
-    nets = {name: c.model.network for name in TARGETS if name.startswith("fashion") and (c := run_config(name)) is not None}
-    return ", ".join(f"`{net}` in {name}" for name, net in nets.items())
-
-
 def runs_where(test) -> list[str]:
     """The reproduction runs whose config satisfies ``test``."""
     return [name for name in TARGETS if (c := run_config(name)) is not None and test(c)]
 
 
-def hidden_dense(network: str) -> bool:
-    """Whether a convolutional network spec has a dense layer before its readout, e.g. ``...-P2-512-10``."""
-    tokens = network.split("-")
-    return any(t.lower().count("c") for t in tokens) and any(t.isdigit() for t in tokens[:-1])
+def padded_networks() -> str:
+    """The Fashion-MNIST runs' networks as configured, e.g. "`48C5p2-P2-96C5p2-P2-10` in fashion-bcsnn"."""
+    names = runs_where(lambda c: c.train.dataset == "fashion-mnist")
+    return ", ".join(f"`{run_config(name).model.network}` in {name}" for name in names)
+
+
+def hidden_dense(config) -> bool:
+    """Whether a convolutional network has a dense layer before its readout, e.g. ``...-P2-512-10``."""
+    from stidi.layers import Conv, Dense, parse_spec
+
+    layers = parse_spec(config.model.network, tuple(config.model.input_shape))
+    return any(isinstance(layer, Conv) for layer in layers) and any(isinstance(layer, Dense) for layer in layers[:-1])
 
 
 def optional_clauses() -> list[str]:
     """Recipe items that only some configs use: a hidden dense layer, clipping binary weights ("" items dropped)."""
-    dense = runs_where(lambda c: hidden_dense(c.model.network))
+    dense = runs_where(hidden_dense)
     clipped = runs_where(lambda c: c.model.binary and c.train.binary_clip)
     return [f"a dense hidden layer between the convolutions and the readout in {', '.join(dense)}; " if dense else "",
             ("the real weights of binary layers clipped to ±cα after every step (`binary_clip = c`, so a step can "
@@ -177,7 +179,7 @@ def optional_clauses() -> list[str]:
 
 def revival_clauses() -> tuple[str, str]:
     """The rule summary's word on revival, and the item naming the runs that use it ("" if none does)."""
-    revived = {name: c.rule.revival for name in TARGETS if (c := run_config(name)) is not None and c.rule.revival}
+    revived = {name: run_config(name).rule.revival for name in runs_where(lambda c: c.rule.revival)}
     if not revived:
         return "no revival", ""
     names = ", ".join(f"{name} (ρ = {rho:g})" for name, rho in revived.items())
