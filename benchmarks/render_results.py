@@ -86,6 +86,29 @@ def ablation_table(ablation: dict) -> list[str]:
     return out
 
 
+def sweep_control(name: str) -> tuple[str, dict, str] | None:
+    """The control row that sweep ``name`` borrows from an earlier sweep (``control = "SWEEP/VARIANT"``
+    in its TOML), as (SWEEP, that variant's row of results/sweep-SWEEP.json, that sweep's commit), or None."""
+    path = ROOT / "benchmarks" / "sweeps" / f"{name}.toml"
+    if not path.exists():
+        return None
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from sweep import read_sweep
+
+    control = read_sweep(path).get("control")
+    if control is None:
+        return None
+    other, variant = control.split("/")
+    source = ROOT / "results" / f"sweep-{other}.json"
+    if not source.exists():
+        raise SystemExit(f"{path}: control = {control!r}, but there is no {source.relative_to(ROOT)}")
+    result = json.loads(source.read_text())
+    rows = [r for r in result["rows"] if r["variant"] == variant]
+    if not rows:
+        raise SystemExit(f"{path}: control = {control!r}, but {source.relative_to(ROOT)} has no variant {variant!r}")
+    return other, rows[0], result["commit"]
+
+
 def sweep_tables() -> list[str]:
     """One table per results/sweep-NAME.json: the variants, best first, compared on validation accuracy."""
     out = []
@@ -99,15 +122,21 @@ def sweep_tables() -> list[str]:
         note = f" ({sweep['commit_note']})" if sweep.get("commit_note") else ""
         out += [f"### `{sweep['sweep']}`", "",
                 f"Against {base}, with {', '.join(f'{k} = {v}' for k, v in common.items()) or 'no common change'}. "
-                f"`{sweep['command']}` at commit `{sweep['commit'][:7]}`{note} on {sweep['machine']}, {sweep['jobs']} variants "
-                f"at once, one thread each; file `{path.relative_to(ROOT)}`.{stopped}", "",
+                f"`{sweep['command']}` at commit `{sweep['commit'][:7]}`{note} on {sweep['machine']}, {sweep['jobs']} "
+                f"variant{'s' * (sweep['jobs'] != 1)} at once, one thread each; file `{path.relative_to(ROOT)}`.{stopped}", "",
                 "| variant | changes | epochs | validation accuracy by epoch | test at best validation | first-layer firing (last epoch) |",
                 "|---|---|---|---|---|---|"]
-        for r in rows:
-            changes = ", ".join(f"{k} = {v}" for k, v in r["overrides"].items() if k not in common) or "—"
+        table = [(r["variant"], r, ", ".join(f"{k} = {v}" for k, v in r["overrides"].items() if k not in common) or "—")
+                 for r in rows]
+        control = sweep_control(sweep["sweep"])
+        if control:
+            table.insert(0, (f"control: `{control[0]}` {control[1]['variant']}", control[1], "—"))
+            out[-4] += (f" The control row comes from the sweep `{control[0]}` (`results/sweep-{control[0]}.json`, commit "
+                        f"`{control[2][:7]}`), with the same base config and budget; it was not trained again.")
+        for label, r, changes in table:
             vals = " → ".join(f"{100 * v:.2f}" for v in r["val_accuracy_by_epoch"] if v is not None) or "—"
             firing = r["firing_fraction_last"][0] if r["firing_fraction_last"] else None
-            out.append(f"| {r['variant']} | {changes} | {r['epochs_done']} | {vals} | {pct(r['test_accuracy_at_best_val'])} | "
+            out.append(f"| {label} | {changes} | {r['epochs_done']} | {vals} | {pct(r['test_accuracy_at_best_val'])} | "
                        f"{'—' if firing is None else f'{100 * firing:.1f} %'} |")
         out.append("")
     return out or ["No sweep has been run yet (`python benchmarks/sweep.py NAME`)."]

@@ -15,6 +15,10 @@ A sweep is a TOML file ``benchmarks/sweeps/NAME.toml``::
     [variants."lr-0.02"]
     "train.lr" = 0.02
 
+A sweep whose control was trained by an earlier sweep (same base config and budget) names
+it instead of training it again: ``control = "OTHER-SWEEP/VARIANT"``; the results table of
+docs/results.md then shows that variant's row as the control.
+
 Each variant trains with ``python -m stidi train --config`` (its merged config is written
 beside its run) into ``runs/sweeps/NAME/VARIANT`` with one PyTorch and one numba thread,
 so ``--jobs`` variants share the machine without oversubscribing it; running the command
@@ -68,6 +72,34 @@ def _toml_value(value) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     return repr(value)
+
+
+SWEEP_KEYS = {"base", "common", "variants", "control"}
+
+
+def read_sweep(path: Path) -> dict:
+    """The sweep file at ``path``, checked: a ``base`` config that exists, no unknown top-level key,
+    at least one variant, and ``control`` (if any) of the form ``"SWEEP/VARIANT"``.
+
+    Raises SystemExit with a message naming the file and the field, so a typo stops the sweep
+    before hours of training rather than after."""
+    try:
+        sweep = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise SystemExit(f"{path}: not valid TOML: {exc}") from None
+    unknown = set(sweep) - SWEEP_KEYS
+    if unknown:
+        raise SystemExit(f"{path}: unknown key {', '.join(sorted(unknown))}; a sweep has {', '.join(sorted(SWEEP_KEYS))}")
+    if not isinstance(sweep.get("base"), str):
+        raise SystemExit(f'{path}: base must name a config in {CONFIGS}, e.g. base = "mnist-rcsnn"')
+    if not (CONFIGS / f"{sweep['base']}.toml").exists():
+        raise SystemExit(f"{path}: base = {sweep['base']!r}, but there is no {CONFIGS / (sweep['base'] + '.toml')}")
+    if not sweep.get("variants"):
+        raise SystemExit(f'{path}: no variants; add at least one table [variants."NAME"]')
+    control = sweep.get("control")
+    if control is not None and (not isinstance(control, str) or control.count("/") != 1 or "" in control.split("/")):
+        raise SystemExit(f'{path}: control = {control!r}; write it as "SWEEP/VARIANT", e.g. "fashion-revival/revival-0.01"')
+    return sweep
 
 
 def merged_config(base: dict, *overrides: dict) -> dict:
@@ -176,11 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     path = SWEEPS / f"{args.name}.toml"
     if not path.exists():
         raise SystemExit(f"no sweep {path}; have: {', '.join(p.stem for p in sorted(SWEEPS.glob('*.toml')))}")
-    sweep = tomllib.loads(path.read_text())
-    base_path = CONFIGS / f"{sweep['base']}.toml"
-    if not base_path.exists():
-        raise SystemExit(f"{path}: base = {sweep['base']!r}, but there is no {base_path}")
-    base = tomllib.loads(base_path.read_text())
+    sweep = read_sweep(path)
+    base = tomllib.loads((CONFIGS / f"{sweep['base']}.toml").read_text())
     common = sweep.get("common", {})
     variants: dict[str, dict] = sweep.get("variants", {})
     unknown = set(args.only or []) - set(variants)
