@@ -1,0 +1,101 @@
+"""How much a few sign flips cost a trained binary-weight network.
+
+Usage: python benchmarks/binary_flips.py [RUN] [--draws N] [--seed S]   (default: fashion-bcsnn, 5 draws)
+
+The validation accuracy of a binary run can swing by a point or more between consecutive
+epochs even when the learning rate has almost reached 0. This measures why: between the
+best-by-validation model of ``results/runs/RUN/`` (``best.safetensors``) and the last
+epoch's (``model.safetensors``) it counts the weights whose sign differs, per layer; then
+it flips the same number of signs per layer at random in the best model (``--draws``
+times) and measures the validation accuracy of each, on the run's own validation images
+(the last ``train.validation`` training images). If random flips cost about as much as
+the last epoch's, the swings are the network's sensitivity to any few flips, not a
+direction learned in that epoch. Writes ``results/binary-flips.json``: one entry per run,
+replaced on rerun, with the command and commit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", nargs="?", default="fashion-bcsnn", help="run name under results/runs/ (default: fashion-bcsnn)")
+    parser.add_argument("--draws", type=int, default=5, help="random flip patterns to measure (default: 5)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random flips (default: 0)")
+    args = parser.parse_args()
+    if args.draws < 1:
+        parser.error("--draws must be at least 1")
+    sys.path.insert(0, str(ROOT / "src"))
+    import torch
+
+    from stidi.api import predict
+    from stidi.data import load_dataset
+    from stidi.errors import StidiError
+    from stidi.io import load_model
+
+    run_dir = ROOT / "results" / "runs" / args.run
+    try:
+        best, config, best_info = load_model(run_dir / "best.safetensors")
+        last, _, last_info = load_model(run_dir / "model.safetensors")
+    except StidiError as exc:
+        print(f"binary_flips: {exc}", file=sys.stderr)
+        return 1
+    if not any(best.binary):
+        print(f"binary_flips: {run_dir}: run '{args.run}' has no binary layer", file=sys.stderr)
+        return 1
+    if config.train.validation <= 0:
+        print(f"binary_flips: {run_dir}: run '{args.run}' held out no validation images (train.validation = 0)", file=sys.stderr)
+        return 1
+    images, labels = load_dataset(config.train.dataset, "train", log=lambda message: None)
+    images, labels = images[-config.train.validation:], labels[-config.train.validation:]
+
+    def accuracy(net) -> float:
+        return float((predict(net, images).classes.numpy() == labels).mean())
+
+    binary = [k for k in range(len(best.weights)) if best.binary[k]]
+    flips = {k: int((torch.sign(best.weights[k]) != torch.sign(last.weights[k])).sum()) for k in binary}
+    best_acc, last_acc = accuracy(best), accuracy(last)
+    print(f"{args.run}: best (epoch {best_info.get('best_epoch')}) {best_acc:.4f}, last {last_acc:.4f}; "
+          f"signs that differ per binary layer: {flips}", flush=True)
+    generator = torch.Generator().manual_seed(args.seed)
+    random_acc = []
+    for draw in range(args.draws):
+        net, _, _ = load_model(run_dir / "best.safetensors")
+        with torch.no_grad():
+            for k, count in flips.items():
+                chosen = torch.randperm(net.weights[k].numel(), generator=generator)[:count]
+                net.weights[k].view(-1)[chosen] *= -1
+        random_acc.append(accuracy(net))
+        print(f"  random flips, draw {draw + 1}/{args.draws}: {random_acc[-1]:.4f}", flush=True)
+
+    out = ROOT / "results" / "binary-flips.json"
+    report = json.loads(out.read_text()) if out.exists() else {"runs": {}}
+    report["runs"][args.run] = {
+        "best_epoch": best_info.get("best_epoch"), "epochs": len(last_info.get("history", [])),
+        "validation_images": config.train.validation,
+        "signs_per_layer": {str(k): best.weights[k].numel() for k in binary},
+        "flipped_between_best_and_last": {str(k): v for k, v in flips.items()},
+        "val_accuracy_best": best_acc, "val_accuracy_last": last_acc,
+        "val_accuracy_best_with_random_flips": random_acc,
+        "random_flip_loss_mean": round(best_acc - statistics.mean(random_acc), 4),
+        "random_flip_loss_std": round(statistics.stdev(random_acc), 4) if len(random_acc) > 1 else None,
+        "command": " ".join(["python benchmarks/binary_flips.py", *sys.argv[1:]]),
+        "commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip(),
+    }
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    tmp.replace(out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
