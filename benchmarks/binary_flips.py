@@ -1,6 +1,6 @@
 """How much a few sign flips cost a trained binary-weight network.
 
-Usage: python benchmarks/binary_flips.py [RUN] [--draws N] [--seed S]   (default: fashion-bcsnn, 5 draws)
+Usage: python benchmarks/binary_flips.py [RUN] [--draws N] [--seed S] [--key NAME]   (default: fashion-bcsnn, 5 draws)
 
 The validation accuracy of a binary run can swing by a point or more between consecutive
 epochs even when the learning rate has almost reached 0. This measures why: between the
@@ -11,7 +11,8 @@ times) and measures the validation accuracy of each, on the run's own validation
 (the last ``train.validation`` training images). If random flips cost about as much as
 the last epoch's, the swings are the network's sensitivity to any few flips, not a
 direction learned in that epoch. Writes ``results/binary-flips.json``: one entry per run,
-replaced on rerun, with the command and commit.
+replaced on rerun, named after the run or ``--key`` (to keep the figures of a run that a
+later one replaces), with the command, this commit and the commit that trained the run.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ def main() -> int:
     parser.add_argument("run", nargs="?", default="fashion-bcsnn", help="run name under results/runs/ (default: fashion-bcsnn)")
     parser.add_argument("--draws", type=int, default=5, help="random flip patterns to measure (default: 5)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random flips (default: 0)")
+    parser.add_argument("--key", help="name the entry NAME instead of the run's name")
     args = parser.parse_args()
     if args.draws < 1:
         parser.error("--draws must be at least 1")
@@ -48,6 +50,9 @@ def main() -> int:
         last, _, last_info = load_model(run_dir / "model.safetensors")
     except StidiError as exc:
         print(f"binary_flips: {exc}", file=sys.stderr)
+        return 1
+    if best_info.get("best_epoch") == len(last_info.get("history", [])):
+        print(f"binary_flips: {run_dir}: the best model is the last epoch's, so no sign differs between them", file=sys.stderr)
         return 1
     if not any(best.binary):
         print(f"binary_flips: {run_dir}: run '{args.run}' has no binary layer", file=sys.stderr)
@@ -79,7 +84,9 @@ def main() -> int:
 
     out = ROOT / "results" / "binary-flips.json"
     report = json.loads(out.read_text()) if out.exists() else {"runs": {}}
-    report["runs"][args.run] = {
+    trained_at = {r["name"]: r.get("commit") for r in json.loads((ROOT / "results" / "accuracy.json").read_text())["runs"]}
+    report["runs"][args.key or args.run] = {
+        "run": args.run, "trained_at": trained_at.get(args.run),
         "best_epoch": best_info.get("best_epoch"), "epochs": len(last_info.get("history", [])),
         "validation_images": config.train.validation,
         "signs_per_layer": {str(k): best.weights[k].numel() for k in binary},
