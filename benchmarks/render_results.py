@@ -120,19 +120,19 @@ def sweep_tables() -> list[str]:
         stopped = (" Variants with fewer epochs were stopped before their last epoch, by the sweep's `--deadline` or by hand "
                    "(the sweep's TOML file says why)." if len({r["epochs_done"] for r in rows}) > 1 else "")
         note = f" ({sweep['commit_note']})" if sweep.get("commit_note") else ""
+        control = sweep_control(sweep["sweep"])
+        borrowed = (f" The control row comes from the sweep `{control[0]}` (`results/sweep-{control[0]}.json`, commit "
+                    f"`{control[2][:7]}`), with the same base config and budget; it was not trained again." if control else "")
         out += [f"### `{sweep['sweep']}`", "",
                 f"Against {base}, with {', '.join(f'{k} = {v}' for k, v in common.items()) or 'no common change'}. "
                 f"`{sweep['command']}` at commit `{sweep['commit'][:7]}`{note} on {sweep['machine']}, {sweep['jobs']} "
-                f"variant{'s' * (sweep['jobs'] != 1)} at once, one thread each; file `{path.relative_to(ROOT)}`.{stopped}", "",
+                f"variant{'s' * (sweep['jobs'] != 1)} at once, one thread each; file `{path.relative_to(ROOT)}`.{stopped}{borrowed}", "",
                 "| variant | changes | epochs | validation accuracy by epoch | test at best validation | first-layer firing (last epoch) |",
                 "|---|---|---|---|---|---|"]
         table = [(r["variant"], r, ", ".join(f"{k} = {v}" for k, v in r["overrides"].items() if k not in common) or "—")
                  for r in rows]
-        control = sweep_control(sweep["sweep"])
         if control:
             table.insert(0, (f"control: `{control[0]}` {control[1]['variant']}", control[1], "—"))
-            out[-4] += (f" The control row comes from the sweep `{control[0]}` (`results/sweep-{control[0]}.json`, commit "
-                        f"`{control[2][:7]}`), with the same base config and budget; it was not trained again.")
         for label, r, changes in table:
             vals = " → ".join(f"{100 * v:.2f}" for v in r["val_accuracy_by_epoch"] if v is not None) or "—"
             firing = r["firing_fraction_last"][0] if r["firing_fraction_last"] else None
