@@ -44,7 +44,7 @@ def main() -> int:
         parser.error("--key names one entry: give exactly one run")
     sys.path.insert(0, str(ROOT / "src"))
     from stidi.errors import StidiError
-    from stidi.io import load_model
+    from stidi.io import atomic_write_json, load_model
 
     out = ROOT / "results" / "binary-drift.json"
     report = json.loads(out.read_text()) if out.exists() else {"runs": {}}
@@ -70,9 +70,7 @@ def main() -> int:
         for label, d in layers.items():
             print(f"{name} {label}: |w|/α median {d['q50']}, 90 % {d['q90']}, 99 % {d['q99']}, max {d['max']}; "
                   f"{d['beyond_3_alpha']:.1%} beyond 3α")
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
-    tmp.replace(out)
+    atomic_write_json(out, report)
     return 0
 
 

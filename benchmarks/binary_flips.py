@@ -42,7 +42,7 @@ def main() -> int:
     from stidi.api import predict
     from stidi.data import load_dataset
     from stidi.errors import StidiError
-    from stidi.io import load_model
+    from stidi.io import atomic_write_json, load_model
 
     run_dir = ROOT / "results" / "runs" / args.run
     try:
@@ -98,9 +98,7 @@ def main() -> int:
         "command": " ".join(["python benchmarks/binary_flips.py", *sys.argv[1:]]),
         "commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip(),
     }
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
-    tmp.replace(out)
+    atomic_write_json(out, report)
     return 0
 
 
