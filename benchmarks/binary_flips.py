@@ -18,6 +18,7 @@ later one replaces), with the command, this commit and the commit that trained t
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import subprocess
@@ -74,7 +75,7 @@ def main() -> int:
     generator = torch.Generator().manual_seed(args.seed)
     random_acc = []
     for draw in range(args.draws):
-        net, _, _ = load_model(run_dir / "best.safetensors")
+        net = copy.deepcopy(best)
         with torch.no_grad():
             for k, count in flips.items():
                 chosen = torch.randperm(net.weights[k].numel(), generator=generator)[:count]

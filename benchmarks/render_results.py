@@ -93,20 +93,9 @@ def sweep_control(name: str) -> tuple[str, dict, str] | None:
     if not path.exists():
         return None
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from sweep import read_sweep
+    from sweep import read_control
 
-    control = read_sweep(path).get("control")
-    if control is None:
-        return None
-    other, variant = control.split("/")
-    source = ROOT / "results" / f"sweep-{other}.json"
-    if not source.exists():
-        raise SystemExit(f"{path}: control = {control!r}, but there is no {source.relative_to(ROOT)}")
-    result = json.loads(source.read_text())
-    rows = [r for r in result["rows"] if r["variant"] == variant]
-    if not rows:
-        raise SystemExit(f"{path}: control = {control!r}, but {source.relative_to(ROOT)} has no variant {variant!r}")
-    return other, rows[0], result["commit"]
+    return read_control(path)
 
 
 def sweep_tables() -> list[str]:

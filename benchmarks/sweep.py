@@ -102,6 +102,25 @@ def read_sweep(path: Path) -> dict:
     return sweep
 
 
+def read_control(path: Path) -> tuple[str, dict, str] | None:
+    """The control that the sweep file at ``path`` borrows (``control = "SWEEP/VARIANT"``), as
+    (SWEEP, that variant's row of results/sweep-SWEEP.json, that sweep's commit), or None.
+
+    Raises SystemExit naming the file when the named sweep has no results or no such variant."""
+    control = read_sweep(path).get("control")
+    if control is None:
+        return None
+    other, variant = control.split("/")
+    source = ROOT / "results" / f"sweep-{other}.json"
+    if not source.exists():
+        raise SystemExit(f"{path}: control = {control!r}, but there is no {source.relative_to(ROOT)}")
+    result = json.loads(source.read_text())
+    rows = [r for r in result["rows"] if r["variant"] == variant]
+    if not rows:
+        raise SystemExit(f"{path}: control = {control!r}, but {source.relative_to(ROOT)} has no variant {variant!r}")
+    return other, rows[0], result["commit"]
+
+
 def merged_config(base: dict, *overrides: dict) -> dict:
     """``base`` ({table: {key: value}}) with dotted ``"table.key"`` overrides applied in order."""
     merged = {table: dict(values) for table, values in base.items()}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 
 import pytest
@@ -21,12 +20,20 @@ def load_sweep_module():
 
 @pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.stem)
 def test_committed_sweep_files_parse_and_controls_resolve(path):
-    sweep = load_sweep_module().read_sweep(path)
+    sweep_module = load_sweep_module()
+    sweep = sweep_module.read_sweep(path)
+    control = sweep_module.read_control(path)  # SystemExit if the named sweep or variant is missing
     if "control" in sweep:
-        other, variant = sweep["control"].split("/")
-        result = ROOT / "results" / f"sweep-{other}.json"
-        assert result.exists(), f"{path.name}: control names {other}, which has no {result.name}"
-        assert variant in {r["variant"] for r in json.loads(result.read_text())["rows"]}
+        assert control is not None and control[1]["variant"] == sweep["control"].split("/")[1]
+    else:
+        assert control is None
+
+
+def test_a_control_that_names_no_result_is_refused(tmp_path):
+    path = tmp_path / "borrows.toml"
+    path.write_text('base = "mnist-rcsnn"\ncontrol = "fashion-revival/no-such-variant"\n[variants.a]\n')
+    with pytest.raises(SystemExit, match="has no variant 'no-such-variant'"):
+        load_sweep_module().read_control(path)
 
 
 @pytest.mark.parametrize("text, message", [
