@@ -78,10 +78,11 @@ class RuleConfig:
     gamma: float = _field(5.0, NON_NEGATIVE, "margin (steps) between the true class and the others")
     latency_derivative: str = _field("linear", one_of("linear", "unit"), "dt/du ≈ -t/θ ('linear') or -1 ('unit')")
     displacement_gate: str = _field("mask", one_of("mask", "slope"), "g in the displacement: fired-before mask or PSP slope ε'")
-    error_norm: str = _field("l2", one_of("l2", "none"), "per-layer, per-sample error normalisation")
+    error_norm: str = _field("l2", one_of("l2", "none", "batch_max"), "error normalisation of each layer: per sample to unit L2 norm ('l2'), none, or by the batch's largest sample norm ('batch_max')")
     conv_update: str = _field("sum", one_of("sum", "mean"), "shared conv weights: sum or average over positions")
     revival: float = _field(0.0, NON_NEGATIVE, "ρ: a silent hidden neuron gets displacement ρ·min(0, W^T δ), asking it to fire again (0: the plain rule)")
-    targets: str = _field("earliest", one_of("earliest", "split"), "reference time r of the output targets: the earliest output spike, or halfway between the true class and the earliest other output less γ/2 ('split')")
+    targets: str = _field("earliest", one_of("earliest", "split", "softmax"), "output targets: relative to the earliest output spike ('earliest'), halfway between the true class and the earliest other output less γ/2 ('split'), or t_j + σ (p_j − y_j) with p = softmax(−t/σ) ('softmax', the cross-entropy's descent; γ unused)")
+    softmax_temperature: float = _field(2.0, POSITIVE, "σ (steps) of targets = 'softmax': the time scale of p = softmax(−t/σ)")
     binary_displacement: str = _field("real", one_of("real", "forward"), "weights of a binary layer in the displacement: the real weights w ('real', the specification) or the forward pass's α·sign(w) ('forward')")
     decision_floor: float = _field(0.0, NON_NEGATIVE, "t_f (steps): the targets' reference time r becomes max(r, t_f), so a decision before t_f is pushed later (0: the plain rule)")
 

@@ -12,7 +12,13 @@ step from layer ``l``'s error and weights (the spike time displacement):
   and the earliest other output share the missed margin (:func:`output_error`), and a
   decision floor ``t_f > 0`` (``decision_floor``) raises it to ``max(r, t_f)``, so a
   decision taken before ``t_f`` pushes the true class later too;
-* errors are normalised per layer and sample (``error_norm = "l2"``: ``e / ‖e‖₂``);
+  ``targets = "softmax"`` replaces the margin by a smooth rule: with ``p = softmax(−t/σ)``
+  (``σ`` the ``softmax_temperature``) every output aims at ``t_j + σ (p_j − y_j)``, the
+  descent direction of the cross-entropy ``−log p_y`` in spike time, so the true class
+  is pulled earlier by ``σ (1 − p_y)`` and every other output pushed later by ``σ p_j``;
+* errors are normalised per layer and sample (``error_norm = "l2"``: ``e / ‖e‖₂``) or
+  per layer and batch (``"batch_max"``: ``e / max_b ‖e_b‖₂``, so a sample with a small
+  error keeps a small share of the step instead of a unit one);
 * latency derivative ``∂t_j/∂u_j ≈ −t_j/θ_l`` (``latency_derivative = "linear"``:
   the potential rises on a straight line from 0 to ``θ`` at ``t_j``) or ``−1``
   (``"unit"``); with ``a_j`` its magnitude, ``δ_j = e_j a_j``;
@@ -68,10 +74,11 @@ class RuleOptions:
     decision_floor: float = 0.0
     targets: str = "earliest"
     binary_displacement: str = "real"
+    softmax_temperature: float = 2.0
 
 
 def output_error(t_out: torch.Tensor, labels: torch.Tensor, T: int, gamma: float, forced_firing: bool,
-                 floor: float = 0.0, targets: str = "earliest") -> torch.Tensor:
+                 floor: float = 0.0, targets: str = "earliest", temperature: float = 2.0) -> torch.Tensor:
     """Temporal error ``(target − t) / T`` of the output layer (unnormalised).
 
     The true class aims at a reference time ``r`` and every other output that fires
@@ -81,9 +88,16 @@ def output_error(t_out: torch.Tensor, labels: torch.Tensor, T: int, gamma: float
     ``v > 0`` (else ``t_true``): the true class and the earliest other output move by the
     same amount, instead of the true class all the way to ``t_min``. Then ``r`` is raised
     to ``floor`` if it is earlier. If no output fired the true class aims at ``T − γ``.
+
+    ``"softmax"`` (``γ`` and ``floor`` unused): with ``p = softmax(−t/σ)``, ``σ`` the
+    ``temperature`` in steps and silent outputs at ``T``, output ``j`` aims at
+    ``t_j + σ (p_j − y_j)``: ``σ² ∂/∂t_j`` of ``−log p_y`` with the sign of descent.
     """
     fired = torch.isfinite(t_out)
     t = torch.where(fired, t_out, torch.full_like(t_out, T))
+    if targets == "softmax":
+        p = torch.softmax(-t / temperature, dim=1)
+        return temperature * (p - F.one_hot(labels, t.shape[1]).to(p.dtype)) / T
     t_read = t if forced_firing else t_out
     any_fired = fired.any(dim=1)
     rows = torch.arange(t.shape[0])
@@ -103,12 +117,20 @@ def output_error(t_out: torch.Tensor, labels: torch.Tensor, T: int, gamma: float
     return (target - t) / T
 
 
-def normalise(e: torch.Tensor, mode: str) -> torch.Tensor:
-    """Scale each sample's error to unit L2 norm (``"l2"``) or leave it (``"none"``)."""
+def normalise(e: torch.Tensor, mode: str, agree: "Agree | None" = None) -> torch.Tensor:
+    """Scale each sample's error to unit L2 norm (``"l2"``), leave it (``"none"``), or
+    divide the batch's errors by the largest sample norm of the batch (``"batch_max"``).
+
+    For ``"batch_max"`` the largest norm is that of the global batch: ``agree`` (the
+    element-wise maximum over the processes of a data-parallel job) is called once.
+    """
     if mode == "none":
         return e
-    norm = e.flatten(1).norm(dim=1).clamp_min(1e-12)
-    return e / norm.view(-1, *([1] * (e.dim() - 1)))
+    norm = e.flatten(1).norm(dim=1)
+    if mode == "batch_max":
+        peak = norm.max().reshape(1).double() if norm.numel() else torch.zeros(1, dtype=torch.float64)
+        return e / (agree or _alone)(peak).clamp_min(1e-12).to(e.dtype)
+    return e / norm.clamp_min(1e-12).view(-1, *([1] * (e.dim() - 1)))
 
 
 def latency_gain(t: torch.Tensor, theta: float, mode: str) -> torch.Tensor:
@@ -144,8 +166,9 @@ def update_sums(net: Network, trace: Trace, labels: torch.Tensor, opts: RuleOpti
     T, B = net.T, labels.shape[0]
     batch = B if batch is None else batch
     sums: list[torch.Tensor | None] = [None] * len(net.weighted)
-    error = output_error(trace.times[-1], labels, T, opts.gamma, net.forced_firing, opts.decision_floor, opts.targets)
-    error = normalise(error, opts.error_norm)
+    error = output_error(trace.times[-1], labels, T, opts.gamma, net.forced_firing, opts.decision_floor, opts.targets,
+                         opts.softmax_temperature)
+    error = normalise(error, opts.error_norm, agree)
     shift = None  # displacement of the current layer's outputs, from the layer above
     for i in reversed(range(len(net.layers))):
         layer, t_in, t_out = net.layers[i], trace.times[i], trace.times[i + 1]
@@ -153,7 +176,7 @@ def update_sums(net: Network, trace: Trace, labels: torch.Tensor, opts: RuleOpti
             shift = engine.route_to_winners(shift, trace.winners[i], t_in.shape)
             continue
         if shift is not None:
-            error = normalise(shift / T, opts.error_norm)
+            error = normalise(shift / T, opts.error_norm, agree)
         k = net.weighted.index(i)
         w = net.weight_of(i) if opts.binary_displacement == "forward" else net.weights[k]
         theta = net.thresholds[k]
@@ -170,9 +193,11 @@ def update_sums(net: Network, trace: Trace, labels: torch.Tensor, opts: RuleOpti
     return sums
 
 
-def idle_sums(net: Network, agree: Agree = _alone) -> list[torch.Tensor]:
+def idle_sums(net: Network, opts: RuleOptions, agree: Agree = _alone) -> list[torch.Tensor]:
     """The sums of an empty share (zeros), taking part in every ``agree`` that :func:`update_sums` makes."""
     for k in reversed(range(len(net.weighted))):
+        if opts.error_norm == "batch_max":
+            agree(torch.zeros(1, dtype=torch.float64))
         agree(torch.zeros(net.weights[k].shape[0], dtype=torch.float64))
     return [torch.zeros(w.shape, dtype=torch.float64) for w in net.weights]
 

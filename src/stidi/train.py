@@ -427,7 +427,7 @@ class Trainer:
             return self.dist.all_reduce_max(peak, f"agreeing on the update's quanta of {where}")
 
         if len(idx) == 0:  # a rank's share of a last batch smaller than the number of ranks
-            return idle_sums(net, agree), Trace([]), 0
+            return idle_sums(net, self.rule, agree), Trace([]), 0
         labels = data.labels[idx]
         trace = net.trace(data.spike_times(idx, net, moves[idx] if moves is not None else None))
         hits = int((net.readout(trace).classes == labels).sum())
