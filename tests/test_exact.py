@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from stidi import kernels
 from stidi.kernels import event, fixed_point, reference, vectorised
 from stidi.network import Network
-from stidi.stidi_bp import RuleOptions, finish_directions, update_directions, update_sums
+from stidi.stidi_bp import RuleOptions, finish_directions, idle_sums, update_directions, update_sums
 
 needs_numba = pytest.mark.skipif(not event.AVAILABLE, reason="numba not installed")
 
@@ -128,7 +128,8 @@ def _conv_net(seed: int = 0) -> tuple[Network, torch.Tensor, torch.Tensor]:
 
 
 @pytest.mark.parametrize("engine", ["event", "vectorised"] if event.AVAILABLE else ["vectorised"])
-@pytest.mark.parametrize("opts", [RuleOptions(), RuleOptions(displacement_gate="slope", conv_update="mean", error_norm="none")])
+@pytest.mark.parametrize("opts", [RuleOptions(), RuleOptions(displacement_gate="slope", conv_update="mean", error_norm="none"),
+                                  RuleOptions(targets="softmax", error_norm="batch_max")])
 def test_a_batch_split_over_processes_gives_the_direction_of_one(monkeypatch, engine, opts):
     """What a data-parallel step does: each share's sums with the global batch's quanta (the
     peaks agreed over the shares), added up, give the direction of the whole batch to the bit
@@ -156,6 +157,19 @@ def test_a_batch_split_over_processes_gives_the_direction_of_one(monkeypatch, en
             assert torch.equal(total[-1], whole[-1]), f"split at {split}"
             for a, b in zip(finish_directions(net, total, opts, len(labels)), direction):
                 torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("opts", [RuleOptions(), RuleOptions(error_norm="batch_max")])
+def test_an_empty_share_takes_part_in_every_agreement_of_a_full_one(opts):
+    """A process whose share of a batch is empty must make the same ``agree`` calls, with
+    tensors of the same shapes and dtypes, or a data-parallel step would hang or mismatch."""
+    net, t_in, labels = _conv_net()
+    full: list[torch.Tensor] = []
+    update_sums(net, net.trace(t_in), labels, opts, agree=lambda p: full.append(p) or p)
+    empty: list[torch.Tensor] = []
+    sums = idle_sums(net, opts, agree=lambda p: empty.append(p) or p)
+    assert [(p.shape, p.dtype) for p in empty] == [(p.shape, p.dtype) for p in full]
+    assert all(not s.any() for s in sums)
 
 
 def test_the_direction_is_the_float64_one_rounded():

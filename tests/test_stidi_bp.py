@@ -51,6 +51,32 @@ def test_split_targets_share_the_missed_margin():
     assert torch.allclose(output_error(t, labels, T, gamma, True)[0], torch.tensor([10.0, 0.0, -30.0, 0.0]) / T)
 
 
+def test_softmax_targets_descend_the_cross_entropy_in_spike_time():
+    T, sigma = 100, 4.0
+    t = torch.tensor([[20.0, 25.0, 40.0, math.inf], [math.inf] * 4, [30.0, 10.0, 50.0, 60.0]], requires_grad=False)
+    labels = torch.tensor([2, 1, 1])
+    e = output_error(t, labels, T, gamma=10.0, forced_firing=True, targets="softmax", temperature=sigma)
+    # the displacement σ² · (−∂/∂t) of −log softmax(−t/σ)_y, silent outputs at T
+    times = torch.where(torch.isfinite(t), t, torch.full_like(t, T)).requires_grad_(True)
+    torch.nn.functional.cross_entropy(-times / sigma, labels, reduction="sum").backward()
+    torch.testing.assert_close(e * T, -sigma ** 2 * times.grad)
+    # the true class is pulled earlier, every other output pushed later; a silent layer moves
+    # the true class by σ (1 − 1/4)
+    others = torch.ones_like(e, dtype=torch.bool)
+    others[torch.arange(3), labels] = False
+    assert (e[~others] < 0).all() and (e[others] > 0).all()
+    assert math.isclose(e[1, 1].item() * T, -sigma * 0.75, rel_tol=1e-6)
+
+
+def test_batch_max_normalisation_keeps_the_samples_proportions():
+    e = torch.tensor([[3.0, 4.0], [0.3, 0.4], [0.0, 0.0]])
+    n = normalise(e, "batch_max")
+    assert torch.allclose(n, e / 5.0)
+    # the peak is agreed over the processes of a data-parallel step: a larger one elsewhere wins
+    assert torch.allclose(normalise(e, "batch_max", agree=lambda p: torch.maximum(p, torch.tensor([10.0], dtype=p.dtype))), e / 10.0)
+    assert torch.equal(normalise(torch.zeros(0, 2), "batch_max"), torch.zeros(0, 2))
+
+
 def test_l2_normalisation_is_per_sample():
     e = torch.tensor([[3.0, 4.0], [0.0, 0.0]])
     n = normalise(e, "l2")
