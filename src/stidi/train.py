@@ -424,7 +424,7 @@ class Trainer:
         net, data = self.net, self.train_set
 
         def agree(peak: torch.Tensor) -> torch.Tensor:
-            return self.dist.all_reduce_max(peak, f"agreeing on the update's quanta of {where}")
+            return self.dist.all_reduce_max(peak, f"agreeing on the update's error scales and quanta of {where}")
 
         if len(idx) == 0:  # a rank's share of a last batch smaller than the number of ranks
             return idle_sums(net, self.rule, agree), Trace([]), 0
