@@ -53,15 +53,15 @@ def test_split_targets_share_the_missed_margin():
 
 def test_softmax_targets_descend_the_cross_entropy_in_spike_time():
     T, sigma = 100, 4.0
-    t = torch.tensor([[20.0, 25.0, 40.0, math.inf], [math.inf] * 4, [30.0, 10.0, 50.0, 60.0]], requires_grad=False)
+    t = torch.tensor([[20.0, 25.0, 40.0, math.inf], [math.inf] * 4, [30.0, 10.0, 50.0, 60.0]])
     labels = torch.tensor([2, 1, 1])
     e = output_error(t, labels, T, gamma=10.0, forced_firing=True, targets="softmax", temperature=sigma)
     # the displacement σ² · (−∂/∂t) of −log softmax(−t/σ)_y, silent outputs at T
     times = torch.where(torch.isfinite(t), t, torch.full_like(t, T)).requires_grad_(True)
     torch.nn.functional.cross_entropy(-times / sigma, labels, reduction="sum").backward()
     torch.testing.assert_close(e * T, -sigma ** 2 * times.grad)
-    # the true class is pulled earlier, every other output pushed later; a silent layer moves
-    # the true class by σ (1 − 1/4)
+    # the true class is pulled earlier, every other output pushed later; where no output fired,
+    # the true class moves by σ (1 − 1/4)
     others = torch.ones_like(e, dtype=torch.bool)
     others[torch.arange(3), labels] = False
     assert (e[~others] < 0).all() and (e[others] > 0).all()

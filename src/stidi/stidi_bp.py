@@ -117,7 +117,16 @@ def output_error(t_out: torch.Tensor, labels: torch.Tensor, T: int, gamma: float
     return (target - t) / T
 
 
-def normalise(e: torch.Tensor, mode: str, agree: "Agree | None" = None) -> torch.Tensor:
+#: ``agree(tensor)``: the element-wise maximum of ``tensor`` over all processes of a
+#: data-parallel job (the identity for one process).
+Agree = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _alone(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor
+
+
+def normalise(e: torch.Tensor, mode: str, agree: Agree = _alone) -> torch.Tensor:
     """Scale each sample's error to unit L2 norm (``"l2"``), leave it (``"none"``), or
     divide the batch's errors by the largest sample norm of the batch (``"batch_max"``).
 
@@ -129,22 +138,13 @@ def normalise(e: torch.Tensor, mode: str, agree: "Agree | None" = None) -> torch
     norm = e.flatten(1).norm(dim=1)
     if mode == "batch_max":
         peak = norm.max().reshape(1).double() if norm.numel() else torch.zeros(1, dtype=torch.float64)
-        return e / (agree or _alone)(peak).clamp_min(1e-12).to(e.dtype)
+        return e / agree(peak).clamp_min(1e-12).to(e.dtype)
     return e / norm.clamp_min(1e-12).view(-1, *([1] * (e.dim() - 1)))
 
 
 def latency_gain(t: torch.Tensor, theta: float, mode: str) -> torch.Tensor:
     """Magnitude of ``∂t/∂u``: ``t/θ`` (``"linear"``) or ``1`` (``"unit"``)."""
     return t / theta if mode == "linear" else torch.ones_like(t)
-
-
-#: ``agree(tensor)``: the element-wise maximum of ``tensor`` over all processes of a
-#: data-parallel job (the identity for one process).
-Agree = Callable[[torch.Tensor], torch.Tensor]
-
-
-def _alone(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor
 
 
 @torch.no_grad()
@@ -196,8 +196,7 @@ def update_sums(net: Network, trace: Trace, labels: torch.Tensor, opts: RuleOpti
 def idle_sums(net: Network, opts: RuleOptions, agree: Agree = _alone) -> list[torch.Tensor]:
     """The sums of an empty share (zeros), taking part in every ``agree`` that :func:`update_sums` makes."""
     for k in reversed(range(len(net.weighted))):
-        if opts.error_norm == "batch_max":
-            agree(torch.zeros(1, dtype=torch.float64))
+        normalise(torch.zeros(0, 1), opts.error_norm, agree)  # the error scale of an empty share, where one is agreed
         agree(torch.zeros(net.weights[k].shape[0], dtype=torch.float64))
     return [torch.zeros(w.shape, dtype=torch.float64) for w in net.weights]
 
