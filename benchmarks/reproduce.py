@@ -57,6 +57,7 @@ def commits_in_log(log: Path) -> list[str]:
 def record(name: str, config_path: Path, out: Path, command: str, log: Path) -> dict:
     """The accuracy.json entry of a finished (or partly finished) run."""
     sys.path.insert(0, str(ROOT / "src"))
+    from stidi.provenance import software_versions
     from stidi.train import best_record
 
     config = tomllib.loads(config_path.read_text())
@@ -78,6 +79,7 @@ def record(name: str, config_path: Path, out: Path, command: str, log: Path) -> 
         "firing_fraction_at_best": best.get("test_firing_fraction"),
         "train_seconds": round(sum(t["train_seconds"] for t in timing), 1),
         "threads": config.get("train", {}).get("threads") or os.cpu_count(),
+        "software": software_versions(),
         "command": command,
         "config": str(config_path.relative_to(ROOT)),
         "commit": (commits_in_log(log) or ["unknown"])[0],

@@ -43,6 +43,8 @@ import time
 import tomllib
 from pathlib import Path
 
+from stidi.provenance import software_versions
+
 ROOT = Path(__file__).resolve().parents[1]
 SWEEPS = ROOT / "benchmarks" / "sweeps"
 CONFIGS = ROOT / "benchmarks" / "configs"
@@ -271,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         "commits": list(dict.fromkeys(launch["commit"] for launch in launches)) or [commit],
         "source_tree_dirty": _any_dirty(launches) if launches else _source_tree_dirty(),
         "machine": f"{platform.node()} ({os.cpu_count()} cores, {platform.processor() or platform.machine()})",
+        "software": software_versions(),
         "jobs": args.jobs,
         "wall_seconds": round(time.time() - started, 1),
         "rows": sorted(rows, key=lambda r: -(r["best_val_accuracy"] or 0)),

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import platform
 import subprocess
 import sys
 
 import pytest
+import torch
 
 from stidi.cli import main
 
@@ -38,9 +40,11 @@ def test_help_explains_every_option(command):
     assert proc.returncode == 0 and "usage: stidi" in proc.stdout
 
 
-def test_train_resume_and_eval(tmp_path):
+def test_train_resume_and_eval(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", *SMALL, "--epochs", "1", "--out", str(out)]) == 0
+    # the log names the software the run was computed with (results differ between CPUs and versions)
+    assert f"software: python {platform.python_version()}, torch {torch.__version__}" in capsys.readouterr().err
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 1 and 0.0 <= json.loads(lines[0])["test_accuracy"] <= 1.0
     # a second run into the same directory needs --resume; with it, training continues at epoch 2

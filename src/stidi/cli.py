@@ -70,6 +70,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config
+    from .provenance import software_line
     from .train import best_record, train
 
     config = load_config(args.config, _overrides(args))
@@ -86,6 +87,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if writer:
         print(f"training {config.model.network} on {config.train.dataset} (T={config.model.T}, "
               f"{config.train.epochs} epochs) -> {out}", file=sys.stderr)
+        print(f"software: {software_line()}", file=sys.stderr)
     _, history = train(config, out, resume=args.resume, progress=not args.no_progress, dist_timeout=args.dist_timeout)
     if not writer:
         return 0
