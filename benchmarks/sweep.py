@@ -43,8 +43,6 @@ import time
 import tomllib
 from pathlib import Path
 
-from stidi.provenance import software_versions
-
 ROOT = Path(__file__).resolve().parents[1]
 SWEEPS = ROOT / "benchmarks" / "sweeps"
 CONFIGS = ROOT / "benchmarks" / "configs"
@@ -225,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--collect-only", action="store_true", help="only rewrite results/sweep-NAME.json")
     parser.add_argument("--out", default=str(ROOT / "runs" / "sweeps"), help="parent of the run directories")
     args = parser.parse_args(argv)
+    from stidi.provenance import software_versions
 
     path = SWEEPS / f"{args.name}.toml"
     if not path.exists():

@@ -1,11 +1,13 @@
 """Which software a result was computed with.
 
 Training is deterministic on one machine with one thread count (same seed, same weights,
-bit for bit), but the floating-point results of PyTorch and numba differ between CPUs
-and library versions, and training amplifies such differences: the same configuration
-and seed retrained in another session scored 87.98 % instead of 89.44 % validation on
-a short Fashion-MNIST budget (``results/sweep-fashion-control.json``). Logs and result
-files therefore record the versions and the CPU's vector instruction set beside the commit.
+bit for bit), but floating-point results can differ between CPUs (the vector instructions
+PyTorch's kernels dispatch to) and library versions, and training amplifies such
+differences: the same configuration and seed retrained in another session scored
+87.98 % instead of 89.44 % validation on a short Fashion-MNIST budget
+(``results/sweep-fashion-control.json``), most likely for that reason. Logs and result
+files therefore record the versions and the CPU capability beside the commit, so the
+next such difference can be traced.
 """
 from __future__ import annotations
 
