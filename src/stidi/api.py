@@ -245,5 +245,5 @@ def save(path: str | Path, net: Network, config: Config | None = None) -> None:
     if config is None:
         config = make_config(net.spec, net.input_shape, T=net.T, tau=net.tau, forced_firing=net.forced_firing,
                              threshold=list(net.thresholds), binary=list(net.binary), binary_scale=net.binary_scale,
-                             input_power=net.input_power)
+                             input_power=net.input_power, input_polarity=net.input_polarity)
     save_model(Path(path).with_suffix(".safetensors"), net, config)

@@ -31,6 +31,7 @@ TRAIN_FLAGS = {
     "--network": ("model", "network", {"help": "layer spec, e.g. 32C5-P2-64C5-P2-10 (conv 32 5x5, pool 2, conv 64 5x5, pool 2, 10 outputs) or 784-400-10"}),
     "--T": ("model", "T", {"type": int, "help": "time steps per image, spikes at 0..T (default: 256)"}),
     "--input-power": ("model", "input_power", {"type": float, "help": "contrast curve before encoding, t = floor(T (1 - x^p)); p < 1 makes dim pixels fire earlier (default: 1)"}),
+    "--input-polarity": ("model", "input_polarity", {"choices": ["on", "on_off"], "help": "on = one spike per pixel (default); on_off = also an OFF spike per pixel encoding 1 - x, so dark regions fire too"}),
     "--tau": ("model", "tau", {"type": _float_or_inf, "help": "PSP rise time in steps: inf = pure ramp (default), 1 = step PSP"}),
     "--epochs": ("train", "epochs", {"type": int, "help": "passes over the training set (default: 3)"}),
     "--batch-size": ("train", "batch_size", {"type": int, "help": "images per update (default: 32)"}),

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from .encoding import encoded_shape
 from .errors import ConfigError
 from .layers import parse_spec
 
@@ -63,6 +64,7 @@ class ModelConfig:
     input_shape: list = _field([1, 28, 28], (lambda v: len(v) in (1, 3) and all(isinstance(x, int) and x > 0 for x in v), "[C, H, W] or [N] of positive integers"), "shape of one input image")
     T: int = _field(256, POSITIVE, "last time step of the window 0..T")
     input_power: float = _field(1.0, POSITIVE, "encode x^p instead of x (t = floor(T (1 − x^p))): p < 1 makes dim pixels fire earlier")
+    input_polarity: str = _field("on", one_of("on", "on_off"), "'on': one TTFS input per pixel; 'on_off': also an OFF input per pixel encoding 1 − x with the same curve (dark pixels fire early; the first layer sees 2C channels)")
     tau: float = _field(math.inf, POSITIVE, "PSP rise time in steps (inf: pure ramp, 1: step)")
     forced_firing: bool = _field(True, None, "an output that never reached threshold fires at T")
     threshold: float | list = _field(1.0, each(POSITIVE), "firing threshold per weighted layer")
@@ -178,9 +180,9 @@ def merge(config: Config, values: dict[str, dict], source: str) -> Config:
 
 
 def validate(config: Config, source: str = "config") -> None:
-    """Checks across fields: the network must parse and fit the input shape; the decision floor must lie before ``T``."""
+    """Checks across fields: the network must parse and fit the (encoded) input shape; the decision floor must lie before ``T``."""
     try:
-        parse_spec(config.model.network, tuple(config.model.input_shape))
+        parse_spec(config.model.network, encoded_shape(tuple(config.model.input_shape), config.model.input_polarity))
     except ConfigError as exc:
         raise ConfigError(f"{source}: model.network: {exc}") from None
     if config.rule.decision_floor >= config.model.T:

@@ -53,6 +53,9 @@ def differences(net: Network) -> list[str]:
     if net.input_power != 1.0:
         out.append(f"input contrast curve: pixels are encoded as x^{net.input_power:g} (t = floor(T (1 - x^p))), "
                    "outside the graph (graph metadata encoding, input_power)")
+    if net.input_polarity == "on_off":
+        out.append(f"ON/OFF input: channels {net.input_shape[0]}..{2 * net.input_shape[0] - 1} of the input encode 1 - x "
+                   "with the same curve, outside the graph (graph metadata input_polarity)")
     if not math.isinf(net.tau):
         out.append(f"PSP rise time tau={net.tau:g}: the ramp's saturation after tau steps is not in the graph "
                    "(I + IF model the pure ramp); metadata tau holds it")
@@ -66,7 +69,7 @@ def to_nir(net: Network):
     nir = _nir()
     T = float(net.T)
     tau = float(net.tau)
-    nodes: dict = {"input": nir.Input(input_type=np.array(net.input_shape))}
+    nodes: dict = {"input": nir.Input(input_type=np.array(net.encoded_shape))}
     edges: list[tuple[str, str]] = []
     last = "input"
 
@@ -112,6 +115,7 @@ def to_nir(net: Network):
         "producer": "stidi", "spec": net.spec, "T": T, "tau": tau, "time_unit": "step",
         "encoding": "TTFS: pixel x in [0, 1] spikes once at t = floor(T (1 - x^p)), p = input_power; x = 0 never spikes",
         "input_power": net.input_power,
+        "input_polarity": net.input_polarity,
         "readout": "predicted class = earliest output spike; ties broken by the higher membrane potential",
         "forced_firing": int(net.forced_firing),
         "neuron": "non-leaky IF, no reset, at most one spike, PSP eps(s) = min(s, tau)/tau (s/T for tau = inf)",

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .encoding import ttfs_encode
+from .encoding import encode_images, encoded_shape
 from .errors import ConfigError
 from . import kernels
 from .kernels import vectorised as engine
@@ -63,6 +63,9 @@ class Network(nn.Module):
     Args:
         spec: layer spec string (see :mod:`stidi.layers`), e.g. ``"32C5-P2-64C5-P2-10"``.
         input_shape: ``(C, H, W)`` of the images (or ``(N,)`` for flat inputs).
+        input_polarity: ``"on"`` (one TTFS input per pixel) or ``"on_off"`` (a second input
+            per pixel encoding ``1 − x``; the first layer sees ``2C`` channels, see
+            :mod:`stidi.encoding`). ``encoded_shape`` is the shape the first layer consumes.
         T: last time step of the window ``0 … T``.
         tau: PSP rise time (``inf`` for the pure ramp).
         thresholds: one firing threshold ``θ_l`` per weighted layer, or one for all.
@@ -86,12 +89,15 @@ class Network(nn.Module):
         binary: bool | list[bool] = False,
         binary_scale: str = "mean_abs",
         input_power: float = 1.0,
+        input_polarity: str = "on",
     ) -> None:
         super().__init__()
         self.spec = spec
         self.input_shape = tuple(int(s) for s in input_shape)
-        self.layers: list[Layer] = parse_spec(spec, self.input_shape)
-        self.shapes = shapes(self.layers, self.input_shape)
+        self.encoded_shape = encoded_shape(self.input_shape, input_polarity)
+        self.input_polarity = input_polarity
+        self.layers: list[Layer] = parse_spec(spec, self.encoded_shape)
+        self.shapes = shapes(self.layers, self.encoded_shape)
         self.T, self.tau, self.forced_firing = int(T), float(tau), bool(forced_firing)
         self.input_power = float(input_power)
         self.weighted = [i for i, layer in enumerate(self.layers) if not isinstance(layer, Pool)]
@@ -154,13 +160,13 @@ class Network(nn.Module):
         return kernels.spike_times(x, w, self.threshold_of(index), self.T, self.tau, padding, horizon=horizon), None
 
     def encode(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """Input spike times ``(N, *input_shape)`` of a batch of images (``uint8`` or ``[0, 1]``), with the
-        network's window ``T`` and contrast curve ``input_power`` (:mod:`stidi.encoding`)."""
-        return ttfs_encode(images, self.T, power=self.input_power).reshape(-1, *self.input_shape)
+        """Input spike times ``(N, *encoded_shape)`` of a batch of images (``uint8`` or ``[0, 1]``), with the
+        network's window ``T``, contrast curve ``input_power`` and ``input_polarity`` (:mod:`stidi.encoding`)."""
+        return encode_images(images, self.input_shape, self.T, self.input_power, self.input_polarity)
 
     @torch.no_grad()
     def trace(self, t_in: torch.Tensor) -> Trace:
-        """Spike times of every layer for input spike times ``(B, *input_shape)``."""
+        """Spike times of every layer for input spike times ``(B, *encoded_shape)``."""
         tr = Trace([t_in])
         for i in range(len(self.layers)):
             t_out, winners = self.layer_forward(i, tr.times[-1])
