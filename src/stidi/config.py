@@ -182,7 +182,8 @@ def merge(config: Config, values: dict[str, dict], source: str) -> Config:
 def validate(config: Config, source: str = "config") -> None:
     """Checks across fields: the network must parse and fit the (encoded) input shape; the decision floor must lie before ``T``."""
     try:
-        parse_spec(config.model.network, encoded_shape(tuple(config.model.input_shape), config.model.input_polarity))
+        parse_spec(config.model.network, encoded_shape(tuple(config.model.input_shape), config.model.input_polarity),
+                   math.prod(config.model.input_shape))
     except ConfigError as exc:
         raise ConfigError(f"{source}: model.network: {exc}") from None
     if config.rule.decision_floor >= config.model.T:

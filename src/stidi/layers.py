@@ -109,13 +109,25 @@ def _parse_token(token: str, spec: str) -> Layer:
     )
 
 
-def parse_spec(spec: str, input_shape: Shape) -> list[Layer]:
-    """Parse a spec string and check that every layer fits the shape it receives."""
+def parse_spec(spec: str, input_shape: Shape, image_size: int | None = None) -> list[Layer]:
+    """Parse a spec string and check that every layer fits the shape it receives.
+
+    A leading dense size equal to the input's size names the input, not a layer
+    (``784-400-10``). ``image_size``, when the encoded input is larger than the image
+    (ON/OFF input), makes a leading token equal to the image's size an error instead of
+    a silent hidden layer of that size.
+    """
     tokens = [t.strip() for t in spec.strip().split("-")]
     if not spec.strip() or any(not t for t in tokens):
         raise ConfigError(f"network '{spec}': empty layer in the spec (two '-' in a row?)")
     layers = [_parse_token(t, spec) for t in tokens]
-    if len(layers) > 1 and isinstance(layers[0], Dense) and layers[0].units == math.prod(input_shape):
+    n_in = math.prod(input_shape)
+    if (image_size is not None and image_size != n_in and len(layers) > 1 and isinstance(layers[0], Dense)
+            and layers[0].units == image_size):
+        rest = "-".join(tokens[1:])
+        raise ConfigError(f"network '{spec}': with ON/OFF input (input_polarity = 'on_off') the input has {n_in} values, "
+                          f"not {image_size}; write '{n_in}-{rest}' or '{rest}'")
+    if len(layers) > 1 and isinstance(layers[0], Dense) and layers[0].units == n_in:
         layers = layers[1:]
     if not isinstance(layers[-1], Dense):
         raise ConfigError(f"network '{spec}': the last layer must be dense (one neuron per class), e.g. '{spec}-10'")

@@ -96,7 +96,7 @@ class Network(nn.Module):
         self.input_shape = tuple(int(s) for s in input_shape)
         self.encoded_shape = encoded_shape(self.input_shape, input_polarity)
         self.input_polarity = input_polarity
-        self.layers: list[Layer] = parse_spec(spec, self.encoded_shape)
+        self.layers: list[Layer] = parse_spec(spec, self.encoded_shape, math.prod(self.input_shape))
         self.shapes = shapes(self.layers, self.encoded_shape)
         self.T, self.tau, self.forced_firing = int(T), float(tau), bool(forced_firing)
         self.input_power = float(input_power)
