@@ -148,23 +148,38 @@ def _rank_pids(agent: int) -> dict[int, int]:
     return ranks
 
 
+def _reached_first_epoch_checkpoint(ckpt: Path, agent: subprocess.Popen, timeout: float = 300) -> bool:
+    """Wait until the run in ``ckpt``'s folder has checkpointed in the middle of its first epoch.
+
+    A whole epoch of collectives is then still to come, so what the test does next lands
+    mid-run however fast the run goes (waiting for "the second time the file changed" let a
+    fast run reach its end before a kill landed: rank 0 then finished cleanly and printed no
+    error). False if the run ended first.
+    """
+    deadline = time.time() + timeout
+    while agent.poll() is None and time.time() < deadline:
+        try:
+            partial = json.loads(ckpt.read_text())["partial"]
+        except (OSError, ValueError, KeyError):  # not written yet
+            partial = None
+        if partial is not None and partial["epoch"] == 0:
+            return True
+        time.sleep(0.005)
+    return False
+
+
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the worker processes through /proc")
 def test_killed_rank_fails_fast_and_resume_finishes(tmp_path, two_processes):
     out = tmp_path / "run"
     agent = subprocess.Popen(_torchrun(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
-    ckpt, seen, last, killed = out / "checkpoint.json", 0, None, None
-    deadline = time.time() + 300
-    while agent.poll() is None and time.time() < deadline and killed is None:
-        if ckpt.exists() and ckpt.stat().st_mtime_ns != last:
-            seen, last = seen + 1, ckpt.stat().st_mtime_ns
-            if seen >= 2:  # a mid-epoch checkpoint has been written: kill rank 1
-                pids = _rank_pids(agent.pid)
-                if 1 in pids:
-                    os.kill(pids[1], signal.SIGKILL)
-                    killed = time.time()
-        time.sleep(0.005)
+    ckpt, killed = out / "checkpoint.json", False
+    if _reached_first_epoch_checkpoint(ckpt, agent):
+        pids = _rank_pids(agent.pid)
+        if 1 in pids:
+            os.kill(pids[1], signal.SIGKILL)
+            killed = True
     _, stderr = agent.communicate(timeout=300)
-    assert killed is not None, "the run finished before rank 1 could be killed:\n" + stderr[-2000:]
+    assert killed, "the run finished before rank 1 could be killed:\n" + stderr[-2000:]
     assert agent.returncode != 0
     lines = [line for line in stderr.splitlines() if line.startswith("stidi: error: rank 0 of 2")]
     assert lines and "--resume" in lines[0], stderr[-3000:]
@@ -181,15 +196,10 @@ def test_killed_rank_fails_fast_and_resume_finishes(tmp_path, two_processes):
 def test_sigterm_to_torchrun_stops_every_rank_after_the_same_step(tmp_path, two_processes):
     out = tmp_path / "run"
     agent = subprocess.Popen(_torchrun(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
-    ckpt, seen, last, sent = out / "checkpoint.json", 0, None, False
-    deadline = time.time() + 300
-    while agent.poll() is None and time.time() < deadline and not sent:
-        if ckpt.exists() and ckpt.stat().st_mtime_ns != last:
-            seen, last = seen + 1, ckpt.stat().st_mtime_ns
-            if seen >= 2:
-                agent.send_signal(signal.SIGTERM)  # torchrun forwards it to every rank
-                sent = True
-        time.sleep(0.005)
+    ckpt = out / "checkpoint.json"
+    sent = _reached_first_epoch_checkpoint(ckpt, agent)
+    if sent:
+        agent.send_signal(signal.SIGTERM)  # torchrun forwards it to every rank
     _, stderr = agent.communicate(timeout=300)
     assert sent, "the run finished before it could be stopped:\n" + stderr[-2000:]
     # both ranks write to one stderr pipe, so their lines can run together: find the messages, not lines
