@@ -7,6 +7,7 @@ then end with exactly the weights and metrics of an uninterrupted run.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -41,28 +42,33 @@ def uninterrupted(tmp_path_factory) -> tuple[dict, str]:
     return _final_state(out)
 
 
-def _start_and_kill(out: Path, sig: int, after_checkpoints: int) -> int:
-    """Start training, wait for the n-th mid-training checkpoint write, send ``sig``; return the exit code."""
+def _start_and_kill(out: Path, sig: int, at_step: int) -> int:
+    """Start training, wait for a checkpoint from step ``at_step`` or later of the first epoch,
+    send ``sig``; return the exit code.
+
+    Waiting for a first-epoch checkpoint (not for the file's n-th change, which a fast run
+    can reach at its very end) leaves a whole epoch for the signal to land in.
+    """
     proc = subprocess.Popen(_train_cmd(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    ckpt, seen, last = out / "checkpoint.json", 0, None
+    ckpt = out / "checkpoint.json"
     deadline = time.time() + 300
     while proc.poll() is None and time.time() < deadline:
-        if ckpt.exists():
-            stamp = ckpt.stat().st_mtime_ns
-            if stamp != last:
-                seen, last = seen + 1, stamp
-                if seen >= after_checkpoints:
-                    proc.send_signal(sig)
-                    break
+        try:
+            partial = json.loads(ckpt.read_text())["partial"]
+        except (OSError, ValueError, KeyError):  # not written yet
+            partial = None
+        if partial is not None and partial["epoch"] == 0 and partial["step"] >= at_step:
+            proc.send_signal(sig)
+            break
         time.sleep(0.005)
     proc.communicate(timeout=300)
     return proc.returncode
 
 
-@pytest.mark.parametrize("after", [1, 4])
-def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, uninterrupted, after):
+@pytest.mark.parametrize("at_step", [3, 12])
+def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, uninterrupted, at_step):
     out = tmp_path / "run"
-    code = _start_and_kill(out, signal.SIGKILL, after)
+    code = _start_and_kill(out, signal.SIGKILL, at_step)
     assert code == -signal.SIGKILL, "the run finished before it could be killed"
     subprocess.run(_train_cmd(out, "--resume"), check=True, capture_output=True, timeout=600)
     weights, metrics = _final_state(out)
@@ -74,10 +80,8 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, uninterrupted, 
 
 def test_sigterm_checkpoints_before_exiting(tmp_path, uninterrupted):
     out = tmp_path / "run"
-    code = _start_and_kill(out, signal.SIGTERM, 2)
+    code = _start_and_kill(out, signal.SIGTERM, 6)
     assert code == 128 + signal.SIGTERM
-    import json
-
     info = json.loads((out / "checkpoint.json").read_text())
     assert info["partial"] is not None and info["partial"]["step"] >= 1
     proc = subprocess.run(_train_cmd(out, "--resume"), capture_output=True, text=True, timeout=600)
