@@ -12,7 +12,7 @@ from stidi.io import build_network
 from stidi.train import make_optimizer, train
 
 
-def _net_and_config(optimizer: str, decay: float):
+def _net_and_config(optimizer: str, decay: float | list[float]):
     config = load_config(None, {"model": {"network": "784-20-10", "input_shape": [784], "T": 32},
                                 "train": {"optimizer": optimizer, "lr": [0.1, 0.2], "weight_decay": decay}})
     net = build_network(config)
@@ -41,6 +41,19 @@ def test_a_step_without_a_direction_shrinks_each_layer_by_its_step_size_times_la
         assert torch.allclose(w, w0 * (1 - step_size * 0.5), rtol=1e-6, atol=0)
 
 
+def test_a_decay_per_layer_shrinks_each_layer_by_its_own_lambda():
+    net, config = _net_and_config("adam", [0.0, 0.5])
+    before = _step_without_a_direction(net, config, [1.0, 3.0])
+    assert torch.equal(net.weights[0], before[0])
+    assert torch.allclose(net.weights[1], before[1] * (1 - 0.6 * 0.5), rtol=1e-6, atol=0)
+
+
+def test_a_decay_list_of_the_wrong_length_names_the_field():
+    net, config = _net_and_config("adam", [0.1, 0.1, 0.1])
+    with pytest.raises(ConfigError, match=r"train.weight_decay: got 3 values for 2 weighted layers"):
+        make_optimizer(net, config, lr_scale=[1.0, 1.0])
+
+
 def test_no_decay_leaves_a_step_without_a_direction_alone():
     net, config = _net_and_config("adam", 0.0)
     before = _step_without_a_direction(net, config, [1.0, 1.0])
@@ -50,6 +63,8 @@ def test_no_decay_leaves_a_step_without_a_direction_alone():
 def test_weight_decay_must_not_be_negative():
     with pytest.raises(ConfigError, match=r"train.weight_decay = -0.1"):
         load_config(None, {"train": {"weight_decay": -0.1}})
+    with pytest.raises(ConfigError, match=r"train.weight_decay"):
+        load_config(None, {"train": {"weight_decay": [0.1, -0.1]}})
 
 
 def _run_config(decay: float):

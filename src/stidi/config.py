@@ -99,7 +99,7 @@ class TrainConfig:
     optimizer: str = _field("adam", one_of("adam", "sgd"), "how update directions become steps")
     lr: float | list = _field(0.01, each(POSITIVE), "learning rate per weighted layer, relative to the layer's initial weight std")
     lr_schedule: str = _field("cosine", one_of("constant", "cosine"), "learning-rate schedule over the epochs")
-    weight_decay: float = _field(0.0, NON_NEGATIVE, "λ: decoupled weight decay, w ← w − η_l λ w after every step, η_l the layer's step size (0: none)")
+    weight_decay: float | list = _field(0.0, each(NON_NEGATIVE), "λ per weighted layer: decoupled weight decay, w ← w − η_l λ w after every step, η_l the layer's step size (0: none)")
     binary_clip: float = _field(0.0, (lambda v: v == 0 or v >= 1, "0 (no clipping) or a number ≥ 1"), "c: after every step, clip the real weights of each binary layer to [−c α_l, c α_l], so their signs can still flip (0: no clipping)")
     train_limit: int = _field(0, NON_NEGATIVE, "use only the first N training images (0: all)")
     test_limit: int = _field(0, NON_NEGATIVE, "evaluate on the first N test images (0: all)")

@@ -157,12 +157,13 @@ def make_optimizer(net: Network, config: Config, lr_scale: list[float]) -> torch
 
     ``train.weight_decay = λ`` is decoupled from the update direction: every step also
     shrinks ``w ← w − η_l λ w`` (AdamW's decay; for SGD the same thing), so it is the same
-    pull towards 0 whatever Adam's normalisation does to the rule's directions.
+    pull towards 0 whatever Adam's normalisation does to the rule's directions. Like the
+    learning rate, λ is one value for every layer or one per weighted layer.
     """
     lrs = per_layer(config.train.lr, len(net.weights), "train.lr")
-    decay = config.train.weight_decay
+    decays = per_layer(config.train.weight_decay, len(net.weights), "train.weight_decay")
     groups = [{"params": [w], "lr": lr * s, "base_lr": lr * s, "weight_decay": decay}
-              for w, lr, s in zip(net.weights, lrs, lr_scale)]
+              for w, lr, s, decay in zip(net.weights, lrs, lr_scale, decays)]
     if config.train.optimizer == "adam":
         return torch.optim.Adam(groups, decoupled_weight_decay=True)
     return torch.optim.SGD(groups)
