@@ -16,7 +16,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +23,8 @@ import torch
 from safetensors.torch import load_file
 
 from stidi.distributed import SINGLE, Context, from_environment
+
+from checkpoint_wait import reached_first_epoch_checkpoint
 
 # 481 images in batches of 16: the last batch holds one image, so rank 1's share of it is empty.
 ARGS = ["--network", "4C5-P2-10", "--T", "32", "--train-limit", "481", "--test-limit", "100", "--batch-size", "16",
@@ -148,32 +149,12 @@ def _rank_pids(agent: int) -> dict[int, int]:
     return ranks
 
 
-def _reached_first_epoch_checkpoint(ckpt: Path, agent: subprocess.Popen, timeout: float = 300) -> bool:
-    """Wait until the run in ``ckpt``'s folder has checkpointed in the middle of its first epoch.
-
-    A whole epoch of collectives is then still to come, so what the test does next lands
-    mid-run however fast the run goes (waiting for "the second time the file changed" let a
-    fast run reach its end before a kill landed: rank 0 then finished cleanly and printed no
-    error). False if the run ended first.
-    """
-    deadline = time.time() + timeout
-    while agent.poll() is None and time.time() < deadline:
-        try:
-            partial = json.loads(ckpt.read_text())["partial"]
-        except (OSError, ValueError, KeyError):  # not written yet
-            partial = None
-        if partial is not None and partial["epoch"] == 0:
-            return True
-        time.sleep(0.005)
-    return False
-
-
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the worker processes through /proc")
 def test_killed_rank_fails_fast_and_resume_finishes(tmp_path, two_processes):
     out = tmp_path / "run"
     agent = subprocess.Popen(_torchrun(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
     ckpt, killed = out / "checkpoint.json", False
-    if _reached_first_epoch_checkpoint(ckpt, agent):
+    if reached_first_epoch_checkpoint(ckpt, agent):
         pids = _rank_pids(agent.pid)
         if 1 in pids:
             os.kill(pids[1], signal.SIGKILL)
@@ -197,7 +178,7 @@ def test_sigterm_to_torchrun_stops_every_rank_after_the_same_step(tmp_path, two_
     out = tmp_path / "run"
     agent = subprocess.Popen(_torchrun(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
     ckpt = out / "checkpoint.json"
-    sent = _reached_first_epoch_checkpoint(ckpt, agent)
+    sent = reached_first_epoch_checkpoint(ckpt, agent)
     if sent:
         agent.send_signal(signal.SIGTERM)  # torchrun forwards it to every rank
     _, stderr = agent.communicate(timeout=300)

@@ -8,11 +8,9 @@ then end with exactly the weights and metrics of an uninterrupted run.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +20,8 @@ from safetensors.torch import load_file
 from stidi.config import load_config
 from stidi.errors import ModelFileError
 from stidi.train import NonFiniteError, train
+
+from checkpoint_wait import reached_first_epoch_checkpoint
 
 ARGS = ["--network", "4C5-P2-10", "--T", "32", "--train-limit", "480", "--test-limit", "100",
         "--batch-size", "16", "--epochs", "2", "--checkpoint-every", "3", "--no-progress", "--seed", "7"]
@@ -44,23 +44,10 @@ def uninterrupted(tmp_path_factory) -> tuple[dict, str]:
 
 def _start_and_kill(out: Path, sig: int, at_step: int) -> int:
     """Start training, wait for a checkpoint from step ``at_step`` or later of the first epoch,
-    send ``sig``; return the exit code.
-
-    Waiting for a first-epoch checkpoint (not for the file's n-th change, which a fast run
-    can reach at its very end) leaves a whole epoch for the signal to land in.
-    """
+    send ``sig``; return the exit code."""
     proc = subprocess.Popen(_train_cmd(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    ckpt = out / "checkpoint.json"
-    deadline = time.time() + 300
-    while proc.poll() is None and time.time() < deadline:
-        try:
-            partial = json.loads(ckpt.read_text())["partial"]
-        except (OSError, ValueError, KeyError):  # not written yet
-            partial = None
-        if partial is not None and partial["epoch"] == 0 and partial["step"] >= at_step:
-            proc.send_signal(sig)
-            break
-        time.sleep(0.005)
+    if reached_first_epoch_checkpoint(out / "checkpoint.json", proc, min_step=at_step):
+        proc.send_signal(sig)
     proc.communicate(timeout=300)
     return proc.returncode
 
