@@ -4,6 +4,7 @@
   (NumPy, float64). Slow, obviously correct; the yardstick for the property tests.
 * :mod:`stidi.kernels.vectorised` - the batched PyTorch engine (any device).
 * :mod:`stidi.kernels.event` - the event-driven numba engine, the default on CPU.
+* :mod:`stidi.kernels.fixed_point` - the power-of-two quanta that make batch sums exact.
 
 All implement the same pure functions on spike-time arrays, where a neuron that never
 fired has time ``+inf``.
@@ -16,7 +17,7 @@ import os
 
 import torch
 
-from . import event, fixed_point, vectorised
+from . import event, vectorised
 
 #: Engine used when none is named: ``"event"`` when numba is installed, else ``"vectorised"``.
 ENGINES = ("event", "vectorised")
