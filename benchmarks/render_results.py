@@ -150,6 +150,18 @@ def run_config(name: str):
     return load_config(path)
 
 
+def any_nonzero(value: float | list) -> bool:
+    """Whether a one-or-per-layer field is set anywhere (``[0, 0]`` is as off as ``0``)."""
+    return any(value) if isinstance(value, (list, tuple)) else bool(value)
+
+
+def per_layer_text(value: float | list) -> str:
+    """One number (``0.5``) or one per weighted layer (``[0, 0, 0.5, 0]``), as a config field may hold."""
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(f"{v:g}" for v in value) + "] per weighted layer"
+    return f"{value:g}"
+
+
 def recipe_line(name: str) -> str:
     """The network, margin, learning rate and length of a run's config (with stidi's defaults filled in), as a short phrase."""
     c = run_config(name)
@@ -157,7 +169,7 @@ def recipe_line(name: str) -> str:
         return f"* {name}: config missing"
     binary = f", binary scale {c.model.binary_scale}" if c.model.binary else ""
     extra = "".join([f", revival ρ = {c.rule.revival:g}" if c.rule.revival else "",
-                     f", weight decay λ = {c.train.weight_decay:g}" if c.train.weight_decay else "",
+                     f", weight decay λ = {per_layer_text(c.train.weight_decay)}" if any_nonzero(c.train.weight_decay) else "",
                      f", binary clip ±{c.train.binary_clip:g}α" if c.train.binary_clip else ""])
     return (f"* {name} (`{config_path(name).relative_to(ROOT)}`): `{c.model.network}`, {c.rule.targets} targets, γ = {c.rule.gamma:g}, lr {c.train.lr}, "
             f"batch {c.train.batch_size}, {c.train.epochs} epochs, τ = {c.model.tau:g}, "
