@@ -277,22 +277,32 @@ def plot_curves(runs: dict[str, dict]) -> bool:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
     except ImportError:
         print("matplotlib is not installed: no learning-curve plot (pip install matplotlib)", file=sys.stderr)
         return False
     if not runs:
         return False
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name, r in sorted(runs.items()):
-        epochs = range(1, len(r["test_accuracy_by_epoch"]) + 1)
-        line, = ax.plot(epochs, [100 * a for a in r["test_accuracy_by_epoch"]], marker="o", label=f"{name} (test)")
-        if any(v is not None for v in r["val_accuracy_by_epoch"]):
-            ax.plot(epochs, [100 * a for a in r["val_accuracy_by_epoch"]], ls="--", color=line.get_color(), label=f"{name} (validation)")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("accuracy (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title("STiDi-BP reproduction runs")
+    # One panel per dataset: their accuracies lie 8-10 points apart, and one shared legend
+    # covered the end of the curves.
+    datasets = sorted({r.get("dataset", "mnist") for r in runs.values()})
+    fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4.2), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets):
+        for name, r in sorted(runs.items()):
+            if r.get("dataset", "mnist") != dataset:
+                continue
+            epochs = range(1, len(r["test_accuracy_by_epoch"]) + 1)
+            line, = ax.plot(epochs, [100 * a for a in r["test_accuracy_by_epoch"]], marker="o", ms=4, label=f"{name} (test)")
+            if any(v is not None for v in r["val_accuracy_by_epoch"]):
+                ax.plot(epochs, [100 * a for a in r["val_accuracy_by_epoch"]], ls="--", color=line.get_color(),
+                        label=f"{name} (validation)")
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel("accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+        ax.set_title({"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}.get(dataset, dataset))
+    fig.suptitle("STiDi-BP reproduction runs")
     CURVES.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(CURVES, dpi=120)
