@@ -367,7 +367,8 @@ def main() -> int:
               f"{''.join(optional)}and a binary scale fixed at "
               "initialisation (`binary_scale = \"fixed\"`) for the binary networks. Each run keeps its directory under `results/runs/` (named after the run, e.g. "
               "`results/runs/mnist-rcsnn/`: model, best-by-validation model, metrics; an unfinished run's checkpoint "
-              "is committed with it, so it can be continued later with the same command); a run that spans several "
+              "is committed with it, so it can be continued later with the same command; fashion-rcsnn's 55 MB optimiser "
+              "checkpoint is not); a run that spans several "
               "invocations lists every commit it ran on.", "",
               "The targets, margin γ, learning rate and length of each run, from its config:", ""]
     lines += [recipe_line(name) for name in TARGETS]

@@ -10,8 +10,10 @@ Each name is a TOML file in ``benchmarks/configs/`` (every choice of the recipe 
 configuration field there). The run trains with ``stidi train --config …`` into
 ``results/runs/NAME`` with its log appended to ``results/NAME.log``; run the same command
 again after an interruption and it resumes from the last checkpoint. The run directory
-lives under ``results/`` so that its checkpoint (about 1 MB) can be committed and a long
-run continued on another machine or in a later session. When it ends, the entry
+lives under ``results/`` so that its checkpoint (1–4 MB for most runs) can be committed and a
+long run continued on another machine or in a later session; fashion-rcsnn's finished
+checkpoint (55 MB) is kept out of git by ``.gitignore``, and tests/test_repository.py
+refuses any tracked file over 16 MiB. When it ends, the entry
 ``NAME`` of ``results/accuracy.json`` is replaced (written atomically) with: the test
 accuracy on the full official test set at the epoch with the best validation accuracy
 (the validation split is carved from the training set; the test set never picks the
