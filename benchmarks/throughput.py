@@ -803,6 +803,39 @@ def render_profile(profile: dict) -> list[str]:
     return lines
 
 
+README = ROOT / "README.md"
+SPEED_START, SPEED_END = "<!-- speed:start -->", "<!-- speed:end -->"
+
+
+def readme_speed_block(result: dict) -> list[str]:
+    """The README's speed table: the three systems of one run side by side, and their ratios."""
+    names = {"stidi": "stidi (STiDi-BP, event engine, T = 256)", "cnn": "plain CNN (ReLU, Adam)"}
+    lines = [f"| system (same layer shapes, batch {result['batch_size']}, {result['threads']} threads) "
+             "| training images/s | inference images/s |", "|---|---:|---:|"]
+    for r in result["rows"]:
+        name = names.get(r["system"], r["system"].replace("snntorch-bptt-T", "snnTorch, BPTT over T = "))
+        lines.append(f"| {name} | {fmt(r['train_images_per_s'], 0)} | {fmt(r['infer_images_per_s'], 0)} |")
+    ratios = result.get("ratios") or {}
+    lines += ["", f"STiDi-BP trains **{fmt(ratios.get('train_vs_snntorch'))}×** as many images per second as "
+              f"BPTT in snnTorch and {fmt(ratios.get('train_vs_cnn'), 2)}× as many as the plain CNN; the trained "
+              f"model infers at {fmt(ratios.get('infer_vs_cnn'), 2)}× the CNN "
+              f"(`{result['command']}`, commit `{result['commit'][:7]}`, {result['cpu']}, {result['cores']} cores; "
+              "details and method in [docs/performance.md](docs/performance.md))."]
+    return lines
+
+
+def update_readme(result: dict) -> bool:
+    """Replace the README's speed block (between its markers) with :func:`readme_speed_block`."""
+    text = README.read_text()
+    if SPEED_START not in text or SPEED_END not in text:
+        print(f"README.md has no {SPEED_START} … {SPEED_END} block; left unchanged", file=sys.stderr)
+        return False
+    head, rest = text.split(SPEED_START, 1)
+    _, tail = rest.split(SPEED_END, 1)
+    README.write_text(head + SPEED_START + "\n" + "\n".join(readme_speed_block(result)) + "\n" + SPEED_END + tail)
+    return True
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -815,7 +848,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--min-batches", type=int, help="minimum timed batches per measurement (default 20, --quick 1)")
     parser.add_argument("--warmup", type=int, help="untimed warm-up batches per measurement (default 3, --quick 1)")
     parser.add_argument("--out", help="result JSON (default results/throughput.json, --quick results/throughput-quick.json)")
-    parser.add_argument("--doc", help="generated Markdown (default docs/performance.md; --quick: none unless given)")
+    parser.add_argument("--doc", help="generated Markdown (default docs/performance.md; --quick: none unless given); "
+                                      "a full run's doc also refreshes the README's speed table")
     parser.add_argument("--render-only", action="store_true", help="only regenerate the doc from the existing result JSON")
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help=f"trained model whose inference is timed (default {DEFAULT_MODEL}; empty or missing: "
@@ -859,6 +893,8 @@ def main(argv: list[str] | None = None) -> int:
         shown = out.resolve().relative_to(ROOT) if out.resolve().is_relative_to(ROOT) else out
         doc.write_text(render(result, str(shown)))
         print(f"wrote {doc}", file=sys.stderr)
+        if not result.get("quick") and update_readme(result):
+            print(f"updated the speed table of {README}", file=sys.stderr)
     return 0
 
 

@@ -1,0 +1,40 @@
+"""The README's result tables are the committed results, rendered by the committed scripts.
+
+A figure typed into the README by hand, or a result file changed without re-rendering,
+makes these tests fail: run ``python benchmarks/render_results.py`` (accuracy) or
+``python benchmarks/throughput.py --render-only`` (speed) to bring the README up to date.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from types import ModuleType
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def benchmark_script(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def readme_block(start: str, end: str) -> list[str]:
+    assert start in README and end in README, f"README.md lacks the {start} … {end} block"
+    return README.split(start, 1)[1].split(end, 1)[0].strip("\n").splitlines()
+
+
+def test_accuracy_table_matches_results_accuracy_json() -> None:
+    render = benchmark_script("render_results")
+    runs = {r["name"]: r for r in json.loads((ROOT / "results" / "accuracy.json").read_text())["runs"]}
+    assert readme_block(render.START, render.END) == render.accuracy_table(runs)
+
+
+def test_speed_table_matches_results_throughput_json() -> None:
+    throughput = benchmark_script("throughput")
+    result = json.loads((ROOT / "results" / "throughput.json").read_text())
+    assert readme_block(throughput.SPEED_START, throughput.SPEED_END) == throughput.readme_speed_block(result)
