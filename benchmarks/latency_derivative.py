@@ -22,7 +22,10 @@ over the neurons that fired before ``T``:
 * ``spearman``: rank correlation of the two gains over all neurons, and
   ``within_sample_pearson``: their Pearson correlation within one image's layer, averaged
   over images. The rule normalises each layer's error per image, so this is what decides
-  how the error is shared among a layer's neurons.
+  how the error is shared among a layer's neurons;
+* ``binned_spearman``: the rank correlation with the true gain of the gain that
+  ``latency_derivative = "slope"`` uses in training, from ``--bins`` time bins
+  (:func:`stidi.stidi_bp.potential_slope`).
 
 This is a diagnostic: nothing in training reads it.
 """
@@ -48,6 +51,7 @@ from stidi.io import atomic_write_json, load_model  # noqa: E402
 from stidi.kernels.vectorised import pad_never_firing  # noqa: E402
 from stidi.layers import Conv  # noqa: E402
 from stidi.provenance import software_versions  # noqa: E402
+from stidi.stidi_bp import latency_gain, potential_slope  # noqa: E402
 
 DEFAULT_MODELS = ["results/runs/fashion-rcsnn/best.safetensors", "results/runs/mnist-rcsnn/best.safetensors"]
 
@@ -80,7 +84,7 @@ def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a @ b) / denom) if denom > 0 else float("nan")
 
 
-def layer_report(t_out: torch.Tensor, slope: torch.Tensor, theta: float, T: int) -> dict:
+def layer_report(t_out: torch.Tensor, slope: torch.Tensor, theta: float, T: int, binned: torch.Tensor) -> dict:
     fired = torch.isfinite(t_out) & (t_out < T)
     lin = (t_out / theta).double()
     true = (1.0 / slope).double()
@@ -101,10 +105,11 @@ def layer_report(t_out: torch.Tensor, slope: torch.Tensor, theta: float, T: int)
         "ratio_quantiles": {"0.1": q[0], "0.5": q[1], "0.9": q[2]},
         "spearman": pearson(rank(l), rank(t)) if l.numel() >= 3 else None,
         "within_sample_pearson": sum(within) / len(within) if within else None,
+        "binned_spearman": pearson(rank(binned[fired].double()), rank(t)) if l.numel() >= 3 else None,
     }
 
 
-def measure(model_path: Path, images: int) -> dict:
+def measure(model_path: Path, images: int, bins: int) -> dict:
     net, config, _ = load_model(model_path)
     if not math.isinf(net.tau):
         raise SystemExit(f"{model_path}: τ = {net.tau}; this diagnostic handles the ramp PSP (τ = inf) only")
@@ -117,24 +122,27 @@ def measure(model_path: Path, images: int) -> dict:
         t_out = trace.times[i + 1]
         started = time.perf_counter()
         slope = slope_at_spike(x, w, t_out, padding, net.T)
-        report = layer_report(t_out, slope, net.thresholds[k], net.T)
+        t_rule = t_out.clamp(max=net.T)
+        binned = latency_gain(t_rule, net.thresholds[k], "slope", potential_slope(x, w, t_rule, padding, net.T, bins), net.T)
+        report = layer_report(t_out, slope, net.thresholds[k], net.T, binned)
         kind = "conv" if isinstance(net.layers[i], Conv) else "dense"
         layers.append({"layer": k, "kind": kind, "seconds": round(time.perf_counter() - started, 1), **report})
         print(f"{model_path.parent.name} layer {k} ({kind}): {json.dumps(report)}", flush=True)
     return {"model": str(model_path.relative_to(ROOT)) if model_path.is_relative_to(ROOT) else str(model_path),
             "network": config.model.network, "dataset": config.train.dataset, "input_power": config.model.input_power,
-            "T": net.T, "images": images, "layers": layers}
+            "T": net.T, "images": images, "slope_bins": bins, "layers": layers}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="*", default=DEFAULT_MODELS, help="saved models (default: the kept fashion-rcsnn and mnist-rcsnn)")
     parser.add_argument("--images", type=int, default=16, help="official test images per model (default 16)")
+    parser.add_argument("--bins", type=int, default=8, help="time bins of the training-time slope (rule.slope_bins) compared with the exact one (default 8)")
     parser.add_argument("--out", default="results/latency-derivative.json", help="result JSON")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     started = time.perf_counter()
-    rows = [measure(ROOT / m if not Path(m).is_absolute() else Path(m), args.images) for m in args.models]
+    rows = [measure(ROOT / m if not Path(m).is_absolute() else Path(m), args.images, args.bins) for m in args.models]
     result = {
         "command": " ".join(["python", "benchmarks/latency_derivative.py", *sys.argv[1:]]),
         "commit": os.popen(f"git -C {ROOT} rev-parse HEAD").read().strip(),

@@ -78,7 +78,8 @@ class RuleConfig:
     """Options of the STiDi-BP learning rule (see docs/algorithm.md)."""
 
     gamma: float = _field(5.0, NON_NEGATIVE, "margin (steps) between the true class and the others")
-    latency_derivative: str = _field("linear", one_of("linear", "unit"), "dt/du ≈ -t/θ ('linear') or -1 ('unit')")
+    latency_derivative: str = _field("linear", one_of("linear", "unit", "slope"), "dt/du ≈ -t/θ ('linear'), -1 ('unit'), or -1/u'(t), the potential's slope at the spike ('slope'; ramp PSP only)")
+    slope_bins: int = _field(8, POSITIVE, "latency_derivative = 'slope': the slope counts the inputs that fired before the end of the spike's bin, one of K equal bins of 0..T (K = T: exact)")
     displacement_gate: str = _field("mask", one_of("mask", "slope"), "g in the displacement: fired-before mask or PSP slope ε'")
     error_norm: str = _field("l2", one_of("l2", "none", "batch_max"), "error normalisation of each layer: per sample to unit L2 norm ('l2'), none, or by the batch's largest sample norm ('batch_max')")
     conv_update: str = _field("sum", one_of("sum", "mean"), "shared conv weights: sum or average over positions")
@@ -180,12 +181,16 @@ def merge(config: Config, values: dict[str, dict], source: str) -> Config:
 
 
 def validate(config: Config, source: str = "config") -> None:
-    """Checks across fields: the network must parse and fit the (encoded) input shape; the decision floor must lie before ``T``."""
+    """Checks across fields: the network must parse and fit the (encoded) input shape; the slope latency
+    derivative needs the ramp PSP; the decision floor must lie before ``T``."""
     try:
         parse_spec(config.model.network, encoded_shape(tuple(config.model.input_shape), config.model.input_polarity),
                    math.prod(config.model.input_shape))
     except ConfigError as exc:
         raise ConfigError(f"{source}: model.network: {exc}") from None
+    if config.rule.latency_derivative == "slope" and not math.isinf(config.model.tau):
+        raise ConfigError(f"{source}: rule.latency_derivative = 'slope' needs the ramp PSP (model.tau = inf), got tau = {config.model.tau}; "
+                          "use 'linear' or 'unit' with a finite tau")
     if config.rule.decision_floor >= config.model.T:
         raise ConfigError(f"{source}: rule.decision_floor = {config.rule.decision_floor} must be below model.T = {config.model.T} "
                           "(the reference time of the output targets; 0 turns it off)")

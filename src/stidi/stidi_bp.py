@@ -20,8 +20,13 @@ step from layer ``l``'s error and weights (the spike time displacement):
   per layer and batch (``"batch_max"``: ``e / max_b ‖e_b‖₂``, so a sample with a small
   error keeps a small share of the step instead of a unit one);
 * latency derivative ``∂t_j/∂u_j ≈ −t_j/θ_l`` (``latency_derivative = "linear"``:
-  the potential rises on a straight line from 0 to ``θ`` at ``t_j``) or ``−1``
-  (``"unit"``); with ``a_j`` its magnitude, ``δ_j = e_j a_j``;
+  the potential rises on a straight line from 0 to ``θ`` at ``t_j``), ``−1``
+  (``"unit"``), or ``−1/u_j'(t_j)`` (``"slope"``, ramp PSP only): the inverse of the
+  potential's actual slope at the spike, ``u_j'(t_j) = Σ_{i: t_i < t_j} w_ij / T``
+  (:func:`potential_slope`), bounded below by ``θ/T`` so that the gain never exceeds
+  the linear one's largest value ``T/θ``. In deeper layers, whose inputs arrive late,
+  the linear gain hardly tracks the slope's (``benchmarks/latency_derivative.py``);
+  with ``a_j`` its magnitude, ``δ_j = e_j a_j``;
 * local update ``Δw_ij = −η δ_j ε(t_j − t_i)``: gradient descent on
   ``½ Σ_j (t_j − target_j)²`` under that approximation;
 * displacement ``Δt_i = Σ_j δ_j w_ij g(t_j − t_i)``, ``g`` the fired-before mask
@@ -75,6 +80,7 @@ class RuleOptions:
     targets: str = "earliest"
     binary_displacement: str = "real"
     softmax_temperature: float = 2.0
+    slope_bins: int = 8
 
 
 def output_error(t_out: torch.Tensor, labels: torch.Tensor, T: int, gamma: float, forced_firing: bool,
@@ -142,9 +148,40 @@ def normalise(e: torch.Tensor, mode: str, agree: Agree = _alone) -> torch.Tensor
     return e / norm.clamp_min(1e-12).view(-1, *([1] * (e.dim() - 1)))
 
 
-def latency_gain(t: torch.Tensor, theta: float, mode: str) -> torch.Tensor:
-    """Magnitude of ``∂t/∂u``: ``t/θ`` (``"linear"``) or ``1`` (``"unit"``)."""
-    return t / theta if mode == "linear" else torch.ones_like(t)
+def latency_gain(t: torch.Tensor, theta: float, mode: str, slope: torch.Tensor | None = None, T: int | None = None) -> torch.Tensor:
+    """Magnitude of ``∂t/∂u``: ``t/θ`` (``"linear"``), ``1`` (``"unit"``), or ``1/max(u', θ/T)``
+    (``"slope"``, with ``slope`` the potential's slope at ``t`` from :func:`potential_slope`)."""
+    if mode == "linear":
+        return t / theta
+    if mode == "slope":
+        return 1.0 / slope.clamp_min(theta / T)
+    return torch.ones_like(t)
+
+
+def potential_slope(x: torch.Tensor, w: torch.Tensor, t_out: torch.Tensor, padding: int, T: int, bins: int) -> torch.Tensor:
+    """The ramp-PSP potential's slope at each output's spike, ``u_j'(t_j) = Σ_{i: t_i < t_j} w_ij / T``.
+
+    ``0 … T`` is cut into ``bins`` equal bins; a spike in bin ``(e_{k−1}, e_k]`` counts the
+    inputs that fired before ``e_k`` (one masked convolution or matrix product per bin that
+    holds a spike), so inputs that fired in the spike's own bin but after it count too.
+    With ``bins = T`` every bin is one step and the slope is exact: ``u_j(t_j) − u_j(t_j − 1)``.
+    ``x`` and ``t_out`` are a weighted layer's operands as :meth:`Network.layer_operands`
+    and the forward pass give them (``t_out`` with silent neurons at ``T``); ``w`` is the
+    forward weight. Computed in ``w``'s dtype (the masked sums need no more).
+    """
+    if w.dim() == 4:
+        x = engine.pad_never_firing(x, padding)
+        apply = lambda mask: F.conv2d(mask, w)  # noqa: E731
+    else:
+        apply = lambda mask: mask @ w.t()  # noqa: E731
+    edges = torch.linspace(0, T, bins + 1, dtype=torch.float64)[1:].ceil().to(device=t_out.device, dtype=t_out.dtype)
+    bin_of = torch.searchsorted(edges, t_out.reshape(-1).contiguous()).clamp_(max=bins - 1)  # first edge ≥ t
+    present = torch.unique(bin_of)
+    position = torch.full((bins,), -1, dtype=torch.long, device=t_out.device)
+    position[present] = torch.arange(present.numel(), device=t_out.device)
+    # One masked map per bin that holds a spike, then each neuron picks its bin's.
+    sums = torch.stack([apply((x < edges[k]).to(w.dtype)).reshape(-1) for k in present.tolist()])
+    return (sums.gather(0, position[bin_of].unsqueeze(0)).reshape(t_out.shape) / T).to(t_out.dtype)
 
 
 @torch.no_grad()
@@ -182,7 +219,10 @@ def update_sums(net: Network, trace: Trace, labels: torch.Tensor, opts: RuleOpti
         theta = net.thresholds[k]
         x, padding = net.layer_operands(i, t_in)
         t_rule = t_out.clamp(max=T)
-        delta = error.reshape(t_rule.shape) * latency_gain(t_rule, theta, opts.latency_derivative)
+        slope = None
+        if opts.latency_derivative == "slope":
+            slope = potential_slope(x, net.weight_of(i), t_rule, padding, T, opts.slope_bins)
+        delta = error.reshape(t_rule.shape) * latency_gain(t_rule, theta, opts.latency_derivative, slope, T)
         q = fixed_point.batch_quantum(delta, batch, T, net.tau, agree)
         sums[k], shift = kernels.rule(x, t_rule, delta, w, opts.displacement_gate, T, net.tau, padding,
                                       need_displacement=i > 0, quantum=q)
