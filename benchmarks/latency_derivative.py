@@ -10,7 +10,7 @@ line from 0 at ``t = 0`` to ``θ`` at the spike (``latency_derivative = "linear"
 true magnitude, for the ramp PSP ``ε(s) = s/T``, is the inverse of the potential's slope
 at the spike, ``1 / u_j'(t_j)`` with ``u_j'(t_j) = Σ_{i: t_i < t_j} w_ij / T`` (the
 discrete slope ``u_j(t_j) − u_j(t_j − 1)``; always positive, since ``u`` crossed ``θ``
-there). The two agree when a neuron's inputs arrive at ``t = 0``; deeper layers receive
+there; :func:`stidi.stidi_bp.potential_slope` with one bin per step). The two agree when a neuron's inputs arrive at ``t = 0``; deeper layers receive
 late spikes, and their potentials rise later and steeper.
 
 For each trained reproduction model given (default: the kept fashion-rcsnn and
@@ -41,37 +41,17 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from stidi.data import load_dataset  # noqa: E402
 from stidi.io import atomic_write_json, load_model  # noqa: E402
-from stidi.kernels.vectorised import pad_never_firing  # noqa: E402
 from stidi.layers import Conv  # noqa: E402
 from stidi.provenance import software_versions  # noqa: E402
 from stidi.stidi_bp import latency_gain, potential_slope  # noqa: E402
 
 DEFAULT_MODELS = ["results/runs/fashion-rcsnn/best.safetensors", "results/runs/mnist-rcsnn/best.safetensors"]
-
-
-def slope_at_spike(x: torch.Tensor, w: torch.Tensor, t_out: torch.Tensor, padding: int, T: int) -> torch.Tensor:
-    """``u_j'(t_j) = Σ_{i: t_i < t_j} w_ij / T`` for every neuron that fired (``nan`` elsewhere).
-
-    One masked convolution (or matrix product) per distinct spike step: the same cost as
-    the stepped simulation, affordable for a few images.
-    """
-    if w.dim() == 4:
-        x = pad_never_firing(x, padding)
-        apply = lambda m: F.conv2d(m, w)  # noqa: E731
-    else:
-        apply = lambda m: m @ w.t()  # noqa: E731
-    slope = torch.full_like(t_out, float("nan"))
-    for s in torch.unique(t_out[torch.isfinite(t_out)]).tolist():
-        at_s = t_out == s
-        slope = torch.where(at_s, apply((x < s).to(w.dtype)) / T, slope)
-    return slope
 
 
 def rank(v: torch.Tensor) -> torch.Tensor:
@@ -121,8 +101,8 @@ def measure(model_path: Path, images: int, bins: int) -> dict:
         w = net.weight_of(i)
         t_out = trace.times[i + 1]
         started = time.perf_counter()
-        slope = slope_at_spike(x, w, t_out, padding, net.T)
         t_rule = t_out.clamp(max=net.T)
+        slope = potential_slope(x, w, t_rule, padding, net.T, bins=net.T)  # one bin per step: exact
         binned = latency_gain(t_rule, net.thresholds[k], "slope", potential_slope(x, w, t_rule, padding, net.T, bins), net.T)
         report = layer_report(t_out, slope, net.thresholds[k], net.T, binned)
         kind = "conv" if isinstance(net.layers[i], Conv) else "dense"
