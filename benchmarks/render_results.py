@@ -313,17 +313,23 @@ README = ROOT / "README.md"
 START, END = "<!-- reproduction:start -->", "<!-- reproduction:end -->"
 
 
+def replace_readme_block(start: str, end: str, lines: list[str]) -> bool:
+    """Replace what stands between the markers ``start`` and ``end`` of README.md with ``lines``
+    (the README's generated tables: accuracy here, speed in benchmarks/throughput.py)."""
+    text = README.read_text()
+    if start not in text or end not in text:
+        print(f"README.md has no {start} … {end} block; left unchanged", file=sys.stderr)
+        return False
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    README.write_text(head + start + "\n" + "\n".join(lines) + "\n" + end + tail)
+    return True
+
+
 def update_readme(runs: dict[str, dict]) -> None:
     """Replace the block between the reproduction markers of README.md with the accuracy table."""
-    text = README.read_text()
-    if START not in text or END not in text:
-        print(f"README.md has no {START} … {END} block; left unchanged", file=sys.stderr)
-        return
-    rows = accuracy_table(runs)
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    README.write_text(head + START + "\n" + "\n".join(rows) + "\n" + END + tail)
-    print(f"updated {README}")
+    if replace_readme_block(START, END, accuracy_table(runs)):
+        print(f"updated {README}")
 
 
 def main() -> int:

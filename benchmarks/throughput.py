@@ -803,7 +803,6 @@ def render_profile(profile: dict) -> list[str]:
     return lines
 
 
-README = ROOT / "README.md"
 SPEED_START, SPEED_END = "<!-- speed:start -->", "<!-- speed:end -->"
 
 
@@ -826,14 +825,10 @@ def readme_speed_block(result: dict) -> list[str]:
 
 def update_readme(result: dict) -> bool:
     """Replace the README's speed block (between its markers) with :func:`readme_speed_block`."""
-    text = README.read_text()
-    if SPEED_START not in text or SPEED_END not in text:
-        print(f"README.md has no {SPEED_START} … {SPEED_END} block; left unchanged", file=sys.stderr)
-        return False
-    head, rest = text.split(SPEED_START, 1)
-    _, tail = rest.split(SPEED_END, 1)
-    README.write_text(head + SPEED_START + "\n" + "\n".join(readme_speed_block(result)) + "\n" + SPEED_END + tail)
-    return True
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from render_results import replace_readme_block
+
+    return replace_readme_block(SPEED_START, SPEED_END, readme_speed_block(result))
 
 
 # --------------------------------------------------------------------------- main
@@ -894,7 +889,7 @@ def main(argv: list[str] | None = None) -> int:
         doc.write_text(render(result, str(shown)))
         print(f"wrote {doc}", file=sys.stderr)
         if not result.get("quick") and update_readme(result):
-            print(f"updated the speed table of {README}", file=sys.stderr)
+            print("updated the speed table of README.md", file=sys.stderr)
     return 0
 
 
