@@ -84,6 +84,7 @@ class RuleConfig:
     error_norm: str = _field("l2", one_of("l2", "none", "batch_max"), "error normalisation of each layer: per sample to unit L2 norm ('l2'), none, or by the batch's largest sample norm ('batch_max')")
     conv_update: str = _field("sum", one_of("sum", "mean"), "shared conv weights: sum or average over positions")
     revival: float = _field(0.0, NON_NEGATIVE, "ρ: a silent hidden neuron gets displacement ρ·min(0, W^T δ), asking it to fire again (0: the plain rule)")
+    revival_scope: str = _field("silent", one_of("silent", "late"), "who revival pushes: silent hidden neurons only ('silent'), or also every neuron that fired too late for some of the neurons it feeds, by ρ·min(0, Σ_j δ_j w_ij [t_i ≥ t_j]) ('late'; mask gate only)")
     targets: str = _field("earliest", one_of("earliest", "split", "softmax"), "output targets: relative to the earliest output spike ('earliest'), halfway between the true class and the earliest other output less γ/2 ('split'), or t_j + σ (p_j − y_j) with p = softmax(−t/σ) ('softmax', the cross-entropy's descent; γ unused)")
     softmax_temperature: float = _field(2.0, POSITIVE, "σ (steps) of targets = 'softmax': the time scale of p = softmax(−t/σ)")
     binary_displacement: str = _field("real", one_of("real", "forward"), "weights of a binary layer in the displacement: the real weights w ('real', the specification) or the forward pass's α·sign(w) ('forward')")
@@ -182,7 +183,7 @@ def merge(config: Config, values: dict[str, dict], source: str) -> Config:
 
 def validate(config: Config, source: str = "config") -> None:
     """Checks across fields: the network must parse and fit the (encoded) input shape; the slope latency
-    derivative needs the ramp PSP; the decision floor must lie before ``T``."""
+    derivative needs the ramp PSP; late revival needs the mask gate; the decision floor must lie before ``T``."""
     try:
         parse_spec(config.model.network, encoded_shape(tuple(config.model.input_shape), config.model.input_polarity),
                    math.prod(config.model.input_shape))
@@ -191,6 +192,9 @@ def validate(config: Config, source: str = "config") -> None:
     if config.rule.latency_derivative == "slope" and not math.isinf(config.model.tau):
         raise ConfigError(f"{source}: rule.latency_derivative = 'slope' needs the ramp PSP (model.tau = inf), got tau = {config.model.tau}; "
                           "use 'linear' or 'unit' with a finite tau")
+    if config.rule.revival_scope == "late" and config.rule.displacement_gate != "mask":
+        raise ConfigError(f"{source}: rule.revival_scope = 'late' needs rule.displacement_gate = 'mask' (the closed part of the "
+                          f"fired-before gate), got '{config.rule.displacement_gate}'; use revival_scope = 'silent' with that gate")
     if config.rule.decision_floor >= config.model.T:
         raise ConfigError(f"{source}: rule.decision_floor = {config.rule.decision_floor} must be below model.T = {config.model.T} "
                           "(the reference time of the output targets; 0 turns it off)")

@@ -41,6 +41,10 @@ training can never learn to fire again. ``revival = ρ > 0`` gives a silent neur
 part of the ungated displacement that asks it to fire,
 ``Δt_i = ρ · min(0, Σ_j δ_j w_ij g₀)`` (``W^T δ``; a transposed convolution for conv
 layers), so neurons the layer above needs come back; ``ρ = 0`` is the plain rule.
+``revival_scope = "late"`` extends the same push to every input that fired too late for
+some of the neurons it feeds: ``Δt_i = Δt_i^gated + ρ · min(0, Σ_j δ_j w_ij [t_i ≥ t_j])``,
+the closed part of the gate (for a silent input that is all of it, so "late" includes
+"silent"); with the mask gate it is ``W^T δ`` less the gated displacement.
 Update directions are averaged
 over the batch; a convolution's shared weights sum (``conv_update = "sum"``) or average
 (``"mean"``) the contributions of all positions.
@@ -81,6 +85,7 @@ class RuleOptions:
     binary_displacement: str = "real"
     softmax_temperature: float = 2.0
     slope_bins: int = 8
+    revival_scope: str = "silent"
 
 
 def output_error(t_out: torch.Tensor, labels: torch.Tensor, T: int, gamma: float, forced_firing: bool,
@@ -227,7 +232,8 @@ def update_sums(net: Network, trace: Trace, labels: torch.Tensor, opts: RuleOpti
         sums[k], shift = kernels.rule(x, t_rule, delta, w, opts.displacement_gate, T, net.tau, padding,
                                       need_displacement=i > 0, quantum=q)
         if shift is not None and opts.revival > 0:
-            shift = _revive_silent(shift, x, delta, w, padding, opts.displacement_gate, T, net.tau, opts.revival)
+            shift = _revive(shift, x, delta, w, padding, opts.displacement_gate, T, net.tau, opts.revival,
+                            opts.revival_scope)
         if shift is not None:
             shift = shift.reshape(t_in.shape)
     return sums
@@ -268,18 +274,28 @@ def update_directions(net: Network, trace: Trace, labels: torch.Tensor, opts: Ru
     return finish_directions(net, update_sums(net, trace, labels, opts), opts, labels.shape[0])
 
 
-def _revive_silent(shift: torch.Tensor, x: torch.Tensor, delta: torch.Tensor, w: torch.Tensor, padding: int,
-                   gate: str, T: int, tau: float, strength: float) -> torch.Tensor:
-    """Displacement of silent inputs: ``Δt_i = ρ · min(0, Σ_j δ_j w_ij g₀)``, only ever "fire earlier".
+def _revive(shift: torch.Tensor, x: torch.Tensor, delta: torch.Tensor, w: torch.Tensor, padding: int,
+            gate: str, T: int, tau: float, strength: float, scope: str = "silent") -> torch.Tensor:
+    """Displacement of inputs the gate shut out, only ever "fire earlier".
 
-    ``g₀`` is the gate's value on a rising PSP (1 for the mask; ``1/τ``, or ``1/T`` for
-    the ramp, for the slope gate). Inputs that fired keep their gated displacement.
+    ``scope = "silent"``: a silent input gets ``Δt_i = ρ · min(0, Σ_j δ_j w_ij g₀)``, ``g₀``
+    the gate's value on a rising PSP (1 for the mask; ``1/τ``, or ``1/T`` for the ramp, for
+    the slope gate); inputs that fired keep their gated displacement.
+    ``scope = "late"`` (mask gate only): every input adds ``ρ · min(0, Σ_j δ_j w_ij [t_i ≥ t_j])``,
+    the ungated ``W^T δ`` less the gated displacement, to its gated one; for a silent input
+    the gated part is zero, so this is the silent case's push.
     """
     g0 = 1.0 if gate == "mask" else 1.0 / psp_scale(tau, T)
     if w.dim() == 2:
         open_shift = delta.reshape(delta.shape[0], -1) @ w
     else:
         open_shift = F.conv_transpose2d(delta, w, padding=padding)
+    open_shift = open_shift.reshape(x.shape)
+    gated = shift.reshape(x.shape)
+    if scope == "late":
+        if gate != "mask":
+            raise ValueError("revival_scope = 'late' needs displacement_gate = 'mask'")
+        return gated + (strength * (open_shift - gated)).clamp(max=0.0)
     silent = ~torch.isfinite(x) | (x >= T)
-    revive = (strength * g0 * open_shift.reshape(x.shape)).clamp(max=0.0)
-    return torch.where(silent, revive, shift.reshape(x.shape))
+    revive = (strength * g0 * open_shift).clamp(max=0.0)
+    return torch.where(silent, revive, gated)
