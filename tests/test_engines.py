@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from stidi import kernels
 from stidi.kernels import event, reference, vectorised
+from stidi.kernels.psp import psp
 
 TAUS = [1.0, 2.0, 4.0, 8.0, math.inf]
 ENGINES = ["vectorised"] + (["event-lazy", "event-stepped"] if event.AVAILABLE else [])
@@ -181,3 +182,21 @@ def test_reference_neuron_by_hand():
     assert reference.spike_times_dense(t_in, w, 0.5, 16, math.inf)[0, 0] == 5.0
     # a never-firing input adds nothing; the neuron stays silent
     assert math.isinf(reference.spike_times_dense(np.array([[np.inf, np.inf]]), w, 0.1, 16, 1.0)[0, 0])
+
+
+@given(conv_case(), st.integers(2, 5))
+def test_strided_scan_looks_at_every_kth_step_and_at_T(case, stride):
+    """The calibration's strided scan: its peak and its spikes are those of the potential on
+    the steps it looks at (every ``stride``-th and ``T``), so its spikes are never early."""
+    t_in, w, theta, T, tau, padding = case
+    t_in, w = torch.from_numpy(t_in), torch.from_numpy(w)
+    full_t, _ = vectorised.scan_potential(t_in, w, theta, T, tau, padding)
+    coarse_t, coarse_max = vectorised.scan_potential(t_in, w, theta, T, tau, padding, track_max=True, stride=stride)
+    steps = sorted(set(range(stride, T + 1, stride)) | {T})
+    x = vectorised.pad_never_firing(t_in, padding)
+    u = torch.stack([torch.nn.functional.conv2d(psp(s - x, tau, T), w) for s in steps])
+    torch.testing.assert_close(coarse_max, u.amax(0))
+    crossed = u >= theta
+    first = torch.tensor(steps, dtype=full_t.dtype)[crossed.to(torch.uint8).argmax(0)]
+    assert torch.equal(coarse_t, torch.where(crossed.any(0), first, torch.full_like(first, math.inf)))
+    assert (coarse_t >= full_t).all()

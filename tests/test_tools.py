@@ -126,6 +126,13 @@ def test_inspect_counts_spikes_and_synaptic_ops_exactly(run_dir, capsys):
     assert report["layers"][0]["fraction_firing"] == pytest.approx(float((t_in < net.T).float().mean()))
     fired = trace.times[1][trace.times[1] < net.T]
     assert conv["mean_firing_time"] == pytest.approx(float(fired.double().mean()))
+    # spike-time quantiles: the first step by which that share of the layer's spikes has come
+    for share, step in conv["firing_time_quantiles"].items():
+        q = float(share.rstrip("%")) / 100
+        assert float((fired <= step).double().mean()) >= q - 1e-9 > float((fired <= step - 1).double().mean()) - 1e-9
+    out = trace.times[-1].clamp(max=net.T).sort(dim=1).values
+    gap = (out[:, 1] - out[:, 0]).double()
+    assert report["decision"]["runner_up_gap_quantiles"]["50%"] == pytest.approx(float(gap.quantile(0.5)))
     d = report["decision"]
     pred = net.predict(t_in)
     assert d["accuracy"] == pytest.approx(float((pred.classes == torch.as_tensor(labels[:50])).float().mean()))

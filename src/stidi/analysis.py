@@ -86,12 +86,18 @@ def _kind(layer: Any) -> str:
     return {Conv: "conv", Pool: "pool", Dense: "dense"}[type(layer)]
 
 
+#: Quantiles of the spike-time and output-gap distributions in the report.
+QUANTILES = (0.1, 0.5, 0.9)
+
+
 @torch.no_grad()
 def inspect_network(net: Network, t_in: torch.Tensor, labels: torch.Tensor | None = None, batch: int = BATCH) -> dict:
     """Activity, cost and early-exit statistics of ``net`` on input spike times ``t_in`` ``(N, *input_shape)``.
 
-    Returns a JSON-ready dict: ``layers`` (one entry per layer, the input first),
-    ``totals``, ``decision`` and ``histograms`` (per layer, spike counts at each step
+    Returns a JSON-ready dict: ``layers`` (one entry per layer, the input first, with the
+    10/50/90 % quantiles of its spike times), ``totals``, ``decision`` (with the quantiles
+    of the gap between the first and second output spikes, silent outputs at ``T``: how
+    far the runner-up class is from the decision) and ``histograms`` (per layer, spike counts at each step
     ``0 … T − 1``, for plots).
     """
     n, T, L = len(t_in), net.T, len(net.layers)
@@ -103,11 +109,14 @@ def inspect_network(net: Network, t_in: torch.Tensor, labels: torch.Tensor | Non
     ops_early = [0.0] * L
     correct = correct_early = decided_same = 0
     decision_sum = 0.0
+    gaps = []
     for lo in range(0, n, batch):
         x = t_in[lo : lo + batch]
         trace = net.trace(x)
         pred = net.readout(trace)
         t_dec = pred.decision_time.clamp(max=T)
+        first_two = trace.times[-1].clamp(max=T).flatten(1).topk(2, dim=1, largest=False).values
+        gaps.append(first_two[:, 1] - first_two[:, 0])
         for l, t in enumerate(trace.times):
             flat = t.flatten(1)
             fired = flat < T
@@ -141,6 +150,7 @@ def inspect_network(net: Network, t_in: torch.Tensor, labels: torch.Tensor | Non
             "mean_firing_time": time_sum[l] / spikes[l] if spikes[l] else None,
             "spikes_per_inference": spikes[l] / n,
             "spikes_before_decision": before_dec[l] / max(spikes[l], 1.0) if spikes[l] else None,
+            "firing_time_quantiles": _histogram_quantiles(hist[l], QUANTILES),
         }
         if l >= 1 and (l - 1) in net.weighted:
             i = l - 1
@@ -171,33 +181,53 @@ def inspect_network(net: Network, t_in: torch.Tensor, labels: torch.Tensor | Non
             "accuracy": correct / n if labels is not None else None,
             "early_exit_accuracy": correct_early / n if labels is not None else None,
             "early_exit_same_class": decided_same / n,
+            "runner_up_gap_quantiles": _quantiles(torch.cat(gaps), QUANTILES),
         },
         "histograms": {names[l]: hist[l].tolist() for l in range(L + 1)},
     }
+
+
+def _histogram_quantiles(counts: torch.Tensor, qs: tuple[float, ...]) -> dict[str, int] | None:
+    """The steps below which a fraction ``q`` of the spikes counted per step in ``counts`` fall."""
+    total = float(counts.sum())
+    if total == 0:
+        return None
+    cumulative = counts.cumsum(0) / total
+    return {f"{q:.0%}": int(torch.searchsorted(cumulative, torch.tensor(q, dtype=cumulative.dtype))) for q in qs}
+
+
+def _quantiles(values: torch.Tensor, qs: tuple[float, ...]) -> dict[str, float]:
+    return {f"{q:.0%}": float(values.double().quantile(q)) for q in qs}
 
 
 def _fmt(value: Any, spec: str) -> str:
     return "—" if value is None else format(value, spec)
 
 
+def _fmt_quantiles(q: dict | None) -> str:
+    return "—" if q is None else "/".join(f"{v:g}" for v in q.values())
+
+
 def format_report(report: dict) -> str:
     """The inspect report as an aligned text table."""
     T = report["T"]
-    head = f"{'layer':<8} {'shape':<12} {'firing<T':>8} {'mean t':>7} {'spikes/inf':>11} {'syn-ops/inf':>12} {'CNN MACs':>11} {'ops/MACs':>8}"
+    head = f"{'layer':<8} {'shape':<12} {'firing<T':>8} {'mean t':>7} {'t 10/50/90 %':>13} {'spikes/inf':>11} {'syn-ops/inf':>12} {'CNN MACs':>11} {'ops/MACs':>8}"
     lines = [f"{report['images']} images, T = {T}", head, "-" * len(head)]
     for e in report["layers"]:
         shape = "×".join(map(str, e["shape"]))
         lines.append(
             f"{e['layer']:<8} {shape:<12} {e['fraction_firing']:>8.1%} {_fmt(e['mean_firing_time'], '.1f'):>7} "
+            f"{_fmt_quantiles(e['firing_time_quantiles']):>13} "
             f"{e['spikes_per_inference']:>11.1f} {_fmt(e.get('synaptic_ops_per_inference'), ',.0f'):>12} "
             f"{_fmt(e.get('cnn_macs'), ',d'):>11} {_fmt(e.get('ops_vs_macs'), '.1%'):>8}")
     t = report["totals"]
-    lines.append(f"{'total':<8} {'':<12} {'':>8} {'':>7} {t['spikes_per_inference']:>11.1f} "
+    lines.append(f"{'total':<8} {'':<12} {'':>8} {'':>7} {'':>13} {t['spikes_per_inference']:>11.1f} "
                  f"{t['synaptic_ops_per_inference']:>12,.0f} {t['cnn_macs']:>11,d} {t['ops_vs_macs']:>8.1%}")
     d = report["decision"]
     lines.append("")
     lines.append(f"decision: first output spike at t = {d['mean_decision_time']:.1f} on average "
-                 f"({d['mean_decision_fraction_of_T']:.0%} of T)")
+                 f"({d['mean_decision_fraction_of_T']:.0%} of T); the runner-up class fires "
+                 f"{_fmt_quantiles(d['runner_up_gap_quantiles'])} steps later (10/50/90 %)")
     if d["accuracy"] is not None:
         lines.append(f"accuracy {d['accuracy']:.4f}; stopping every layer at the decision (early exit): "
                      f"{d['early_exit_accuracy']:.4f}")

@@ -57,6 +57,16 @@ class Prediction:
     decision_time: torch.Tensor
 
 
+#: The calibration of :meth:`Network.initialise` looks at the potential on about this many steps.
+CALIBRATION_STEPS = 256
+
+
+def calibration_stride(T: int) -> int:
+    """Every how many steps :meth:`Network.initialise` looks at the potential: 1 up to
+    ``T = CALIBRATION_STEPS``, then ``⌈T / CALIBRATION_STEPS⌉``."""
+    return max(1, math.ceil(T / CALIBRATION_STEPS))
+
+
 class Network(nn.Module):
     """Stack of dense, convolution and earliest-spike pooling layers of non-leaky IF neurons.
 
@@ -221,7 +231,10 @@ class Network(nn.Module):
         neurons that receive any net excitation fire. (Neurons that see no input spike,
         such as convolution positions over a blank background, are left out: counting
         them would ask the few driven neurons for a huge gain and make them all fire at
-        once.) Returns the fraction of all neurons that fires in each weighted layer.
+        once.) The peak is looked for at no more than about ``CALIBRATION_STEPS`` evenly
+        spaced steps (:func:`calibration_stride`), so calibrating a long window costs no
+        more than ``T = 256``. Returns the fraction of all neurons that fires in each
+        weighted layer.
         """
         fractions = per_layer(firing_fraction, len(self.weighted), "init_firing_fraction")
         if any(not 0 < f <= 1 for f in fractions):
@@ -234,7 +247,8 @@ class Network(nn.Module):
                 w = torch.randn(self.weights[k].shape, generator=generator, dtype=self.weights[k].dtype)
                 forward_w = binarise(w, torch.tensor(1.0, dtype=torch.float64)) if self.binary[k] else w
                 x, padding = self.layer_operands(i, t)
-                _, u_max = engine.scan_potential(x, forward_w, self.thresholds[k], self.T, self.tau, padding, track_max=True)
+                _, u_max = engine.scan_potential(x, forward_w, self.thresholds[k], self.T, self.tau, padding, track_max=True,
+                                                 stride=calibration_stride(self.T))
                 driven = u_max[u_max > 0].double()[: 1 << 24]
                 q = torch.quantile(driven, 1.0 - fractions[k]).item() if driven.numel() else 0.0
                 scale = self.thresholds[k] / q if q > 0 else 1.0 / math.sqrt(w[0].numel())
