@@ -1,0 +1,154 @@
+"""A conventional CNN of the same layer shapes as a reproduction run: what backpropagation reaches.
+
+Usage::
+
+    python benchmarks/cnn_reference.py fashion-rcsnn mnist-rcsnn   # writes results/cnn-reference.json
+
+For each named reproduction config (``benchmarks/configs/NAME.toml``) this trains an
+ordinary ReLU network with the same layers (each ``NCKpP`` a convolution with the same
+padding, each ``PK`` a ``K × K`` max pooling, the analogue of earliest-spike pooling, each
+dense layer the same width) by backpropagation of the cross-entropy with Adam (learning
+rate ``--lr``, cosine decay), on pixel values in ``[0, 1]``, with the reproduction run's
+protocol: its epochs, batch size and seed, the last ``validation`` training images held
+out to choose the epoch, and the test accuracy of that epoch on the full official test
+set. No augmentation, no weight decay, no weight averaging: a plain reference point, not
+a tuned CNN. It tells how much of a gap to the paper's figure is left to a network of
+these shapes when its learning rule is exact backpropagation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from stidi.config import load_config  # noqa: E402
+from stidi.data import load_dataset  # noqa: E402
+from stidi.io import atomic_write_json  # noqa: E402
+from stidi.layers import Conv, Dense, Pool, parse_spec  # noqa: E402
+from stidi.provenance import software_versions  # noqa: E402
+
+EVAL_BATCH = 1000
+
+
+def build_cnn(spec: str, input_shape: tuple[int, ...]) -> nn.Sequential:
+    """The ReLU network with ``spec``'s layers (the last dense layer gives the logits)."""
+    layers = parse_spec(spec, input_shape)
+    modules: list[nn.Module] = []
+    channels, flat = input_shape[0], None
+    shape = tuple(input_shape)
+    for n, layer in enumerate(layers):
+        last = n == len(layers) - 1
+        if isinstance(layer, Conv):
+            modules += [nn.Conv2d(channels, layer.channels, layer.kernel, padding=layer.padding), nn.ReLU()]
+            channels = layer.channels
+        elif isinstance(layer, Pool):
+            modules.append(nn.MaxPool2d(layer.kernel))
+        elif isinstance(layer, Dense):
+            if flat is None:
+                flat = math.prod(shape)
+                modules.append(nn.Flatten())
+            modules.append(nn.Linear(math.prod(shape), layer.units))
+            if not last:
+                modules.append(nn.ReLU())
+        shape = layer.output_shape(shape)
+    return nn.Sequential(*modules)
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    model.eval()
+    correct = sum(int((model(x[i : i + EVAL_BATCH]).argmax(1) == y[i : i + EVAL_BATCH]).sum()) for i in range(0, len(x), EVAL_BATCH))
+    model.train()
+    return correct / len(x)
+
+
+def as_tensor(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images).float().div_(255.0).unsqueeze(1)
+
+
+def train_reference(name: str, lr: float, log) -> dict:
+    """Train the CNN twin of reproduction config ``name``; returns its row of the result."""
+    config = load_config(ROOT / "benchmarks" / "configs" / f"{name}.toml")
+    t = config.train
+    images, labels = load_dataset(t.dataset, "train")
+    test_images, test_labels = load_dataset(t.dataset, "test")
+    n_val = t.validation
+    x, y = as_tensor(images), torch.from_numpy(labels)
+    x_train, y_train, x_val, y_val = x[:-n_val], y[:-n_val], x[-n_val:], y[-n_val:]
+    x_test, y_test = as_tensor(test_images), torch.from_numpy(test_labels)
+    torch.manual_seed(t.seed)
+    model = build_cnn(config.model.network, tuple(config.model.input_shape))
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    steps_per_epoch = math.ceil(len(x_train) / t.batch_size)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=t.epochs * steps_per_epoch)
+    gen = torch.Generator().manual_seed(t.seed)
+    epochs = []
+    started = time.perf_counter()
+    for epoch in range(1, t.epochs + 1):
+        order = torch.randperm(len(x_train), generator=gen)
+        correct = 0
+        for i in range(0, len(order), t.batch_size):
+            idx = order[i : i + t.batch_size]
+            logits = model(x_train[idx])
+            loss = F.cross_entropy(logits, y_train[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            schedule.step()
+            correct += int((logits.argmax(1) == y_train[idx]).sum())
+        row = {"epoch": epoch, "train_accuracy": round(correct / len(x_train), 4),
+               "validation_accuracy": round(accuracy(model, x_val, y_val), 4),
+               "test_accuracy": round(accuracy(model, x_test, y_test), 4)}
+        epochs.append(row)
+        log(f"{name}: epoch {epoch}/{t.epochs}: train {row['train_accuracy']:.4f}, validation "
+            f"{row['validation_accuracy']:.4f}, test {row['test_accuracy']:.4f} ({time.perf_counter() - started:.0f} s)")
+    best = max(epochs, key=lambda r: (r["validation_accuracy"], -r["epoch"]))
+    return {"name": name, "dataset": t.dataset, "network": config.model.network, "epochs": t.epochs,
+            "batch_size": t.batch_size, "lr": lr, "seed": t.seed, "validation": n_val,
+            "best_epoch": best["epoch"], "validation_accuracy": best["validation_accuracy"],
+            "test_accuracy": best["test_accuracy"], "train_seconds": round(time.perf_counter() - started, 1),
+            "by_epoch": epochs}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="+", help="reproduction configs in benchmarks/configs/ (e.g. fashion-rcsnn)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 0.001)")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
+    parser.add_argument("--out", default="results/cnn-reference.json", help="result JSON")
+    args = parser.parse_args()
+    for name in args.names:
+        if not (ROOT / "benchmarks" / "configs" / f"{name}.toml").is_file():
+            parser.error(f"no reproduction config benchmarks/configs/{name}.toml; choose one of: "
+                         + ", ".join(sorted(p.stem for p in (ROOT / "benchmarks" / "configs").glob("*.toml"))))
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    rows = [train_reference(name, args.lr, lambda m: print(m, flush=True)) for name in args.names]
+    result = {
+        "command": " ".join(["python", "benchmarks/cnn_reference.py", *sys.argv[1:]]),
+        "commit": os.popen(f"git -C {ROOT} rev-parse HEAD").read().strip(),
+        "software": software_versions(),
+        "threads": args.threads,
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "runs": rows,
+    }
+    out = ROOT / args.out
+    atomic_write_json(out, result)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
