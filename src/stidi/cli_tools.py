@@ -129,9 +129,10 @@ def add_commands(sub: Any) -> None:
                  "(default: the test split of the model's dataset)")
     i = sub.add_parser("inspect", help="per-layer activity, synaptic operations and early-exit statistics",
                        description="Run a saved model on test images and print, per layer: the fraction of neurons that "
-                       "fire before T, their mean firing time, spikes per inference and the synaptic operations the spikes "
+                       "fire before T, their mean firing time and its 10/50/90 %% quantiles, spikes per inference and the synaptic operations the spikes "
                        "trigger against the multiply-accumulates of a CNN of the same shapes; then the mean decision time "
-                       "(first output spike) and the accuracy of stopping every layer there (early exit).")
+                       "(first output spike), how many steps later the runner-up class fires, and the accuracy of stopping every "
+                       "layer at the decision (early exit).")
     i.add_argument("model", metavar="MODEL", help=model_help)
     i.add_argument("--data", metavar="NAME|FILE", help=data_help)
     i.add_argument("--labels", metavar="FILE", help="IDX or .npy labels for --data FILE (for the accuracies)")
