@@ -115,8 +115,9 @@ def inspect_network(net: Network, t_in: torch.Tensor, labels: torch.Tensor | Non
         trace = net.trace(x)
         pred = net.readout(trace)
         t_dec = pred.decision_time.clamp(max=T)
-        first_two = trace.times[-1].clamp(max=T).flatten(1).topk(2, dim=1, largest=False).values
-        gaps.append(first_two[:, 1] - first_two[:, 0])
+        if trace.times[-1][0].numel() > 1:
+            first_two = trace.times[-1].clamp(max=T).flatten(1).topk(2, dim=1, largest=False).values
+            gaps.append(first_two[:, 1] - first_two[:, 0])
         for l, t in enumerate(trace.times):
             flat = t.flatten(1)
             fired = flat < T
@@ -181,7 +182,7 @@ def inspect_network(net: Network, t_in: torch.Tensor, labels: torch.Tensor | Non
             "accuracy": correct / n if labels is not None else None,
             "early_exit_accuracy": correct_early / n if labels is not None else None,
             "early_exit_same_class": decided_same / n,
-            "runner_up_gap_quantiles": _quantiles(torch.cat(gaps), QUANTILES),
+            "runner_up_gap_quantiles": _quantiles(torch.cat(gaps), QUANTILES) if gaps else None,
         },
         "histograms": {names[l]: hist[l].tolist() for l in range(L + 1)},
     }
