@@ -134,11 +134,12 @@ def main() -> int:
             parser.error(f"no reproduction config benchmarks/configs/{name}.toml; choose one of: "
                          + ", ".join(sorted(p.stem for p in (ROOT / "benchmarks" / "configs").glob("*.toml"))))
     torch.set_num_threads(args.threads)
+    commit = os.popen(f"git -C {ROOT} rev-parse HEAD").read().strip()  # the code that runs, not a later HEAD
     started = time.perf_counter()
     rows = [train_reference(name, args.lr, lambda m: print(m, flush=True)) for name in args.names]
     result = {
         "command": " ".join(["python", "benchmarks/cnn_reference.py", *sys.argv[1:]]),
-        "commit": os.popen(f"git -C {ROOT} rev-parse HEAD").read().strip(),
+        "commit": commit,
         "software": software_versions(),
         "threads": args.threads,
         "wall_seconds": round(time.perf_counter() - started, 1),
