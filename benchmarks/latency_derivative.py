@@ -121,11 +121,12 @@ def main() -> int:
     parser.add_argument("--out", default="results/latency-derivative.json", help="result JSON")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    commit = os.popen(f"git -C {ROOT} rev-parse HEAD").read().strip()  # the code that runs, not a later HEAD
     started = time.perf_counter()
     rows = [measure(ROOT / m if not Path(m).is_absolute() else Path(m), args.images, args.bins) for m in args.models]
     result = {
         "command": " ".join(["python", "benchmarks/latency_derivative.py", *sys.argv[1:]]),
-        "commit": os.popen(f"git -C {ROOT} rev-parse HEAD").read().strip(),
+        "commit": commit,
         "software": software_versions(),
         "wall_seconds": round(time.perf_counter() - started, 1),
         "models": rows,
