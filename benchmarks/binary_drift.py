@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -45,11 +44,12 @@ def main() -> int:
     sys.path.insert(0, str(ROOT / "src"))
     from stidi.errors import StidiError
     from stidi.io import atomic_write_json, load_model
+    from stidi.provenance import git_commit
 
     out = ROOT / "results" / "binary-drift.json"
     report = json.loads(out.read_text()) if out.exists() else {"runs": {}}
     trained_at = {r["name"]: r.get("commit") for r in json.loads((ROOT / "results" / "accuracy.json").read_text())["runs"]}
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    commit = git_commit(ROOT)
     for name in args.runs:
         path = ROOT / "results" / "runs" / name / "checkpoint.safetensors"
         try:

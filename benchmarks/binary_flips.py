@@ -21,7 +21,6 @@ import argparse
 import copy
 import json
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
@@ -44,6 +43,7 @@ def main() -> int:
     from stidi.data import load_dataset
     from stidi.errors import StidiError
     from stidi.io import atomic_write_json, load_model
+    from stidi.provenance import git_commit
 
     run_dir = ROOT / "results" / "runs" / args.run
     try:
@@ -97,7 +97,7 @@ def main() -> int:
         "random_flip_loss_mean": round(best_acc - statistics.mean(random_acc), 4),
         "random_flip_loss_std": round(statistics.stdev(random_acc), 4) if len(random_acc) > 1 else None,
         "command": " ".join(["python benchmarks/binary_flips.py", *sys.argv[1:]]),
-        "commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip(),
+        "commit": git_commit(ROOT),
     }
     atomic_write_json(out, report)
     return 0

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -31,6 +30,7 @@ def main() -> int:
     from stidi.data import load_dataset
     from stidi.encoding import ttfs_encode
     from stidi.io import build_network, load_model, save_model
+    from stidi.provenance import git_commit
 
     x, _ = load_dataset("mnist", "train")
     x_test, _ = load_dataset("mnist", "test")
@@ -53,7 +53,7 @@ def main() -> int:
     result = {"network": args.network, "synapses": synapses, "real_bytes": sizes["real"], "binary_bytes": sizes["binary"],
               "ratio": round(sizes["real"] / sizes["binary"], 2), "identical_predictions_after_reload": same,
               "command": " ".join(["python benchmarks/binary_size.py", *sys.argv[1:]]),
-              "commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()}
+              "commit": git_commit(ROOT)}
     out = ROOT / "results" / "binary-size.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))

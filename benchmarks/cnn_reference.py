@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -37,7 +36,7 @@ from stidi.config import load_config  # noqa: E402
 from stidi.data import load_dataset  # noqa: E402
 from stidi.io import atomic_write_json  # noqa: E402
 from stidi.layers import Conv, Dense, Pool, parse_spec  # noqa: E402
-from stidi.provenance import software_versions  # noqa: E402
+from stidi.provenance import run_provenance  # noqa: E402
 
 EVAL_BATCH = 1000
 
@@ -46,8 +45,7 @@ def build_cnn(spec: str, input_shape: tuple[int, ...]) -> nn.Sequential:
     """The ReLU network with ``spec``'s layers (the last dense layer gives the logits)."""
     layers = parse_spec(spec, input_shape)
     modules: list[nn.Module] = []
-    channels, flat = input_shape[0], None
-    shape = tuple(input_shape)
+    channels, shape = input_shape[0], tuple(input_shape)
     for n, layer in enumerate(layers):
         last = n == len(layers) - 1
         if isinstance(layer, Conv):
@@ -56,8 +54,7 @@ def build_cnn(spec: str, input_shape: tuple[int, ...]) -> nn.Sequential:
         elif isinstance(layer, Pool):
             modules.append(nn.MaxPool2d(layer.kernel))
         elif isinstance(layer, Dense):
-            if flat is None:
-                flat = math.prod(shape)
+            if len(shape) > 1:  # the first dense layer sees the flattened map
                 modules.append(nn.Flatten())
             modules.append(nn.Linear(math.prod(shape), layer.units))
             if not last:
@@ -134,13 +131,11 @@ def main() -> int:
             parser.error(f"no reproduction config benchmarks/configs/{name}.toml; choose one of: "
                          + ", ".join(sorted(p.stem for p in (ROOT / "benchmarks" / "configs").glob("*.toml"))))
     torch.set_num_threads(args.threads)
-    commit = os.popen(f"git -C {ROOT} rev-parse HEAD").read().strip()  # the code that runs, not a later HEAD
+    provenance = run_provenance(ROOT, "benchmarks/cnn_reference.py")
     started = time.perf_counter()
     rows = [train_reference(name, args.lr, lambda m: print(m, flush=True)) for name in args.names]
     result = {
-        "command": " ".join(["python", "benchmarks/cnn_reference.py", *sys.argv[1:]]),
-        "commit": commit,
-        "software": software_versions(),
+        **provenance,
         "threads": args.threads,
         "wall_seconds": round(time.perf_counter() - started, 1),
         "runs": rows,

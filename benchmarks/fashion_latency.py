@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ from stidi.api import load, predict  # noqa: E402
 from stidi.config import load_config  # noqa: E402
 from stidi.data import load_dataset  # noqa: E402
 from stidi.io import atomic_write_json, build_network  # noqa: E402
+from stidi.provenance import git_commit  # noqa: E402
 from stidi.train import Dataset, initialise  # noqa: E402
 
 CUTOFFS = [120, 160, 200, 230, 256]
@@ -96,7 +96,7 @@ def main() -> int:
         decisions = {"model": str(trained.relative_to(ROOT)), "input_power": net.input_power,
                      "decision_time_quantiles": {q: float(d.quantile(float(q))) for q in ("0.1", "0.5", "0.9")}}
         print(json.dumps(decisions), flush=True)
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    commit = git_commit(ROOT)
     atomic_write_json(ROOT / "results" / "fashion-latency.json", {
         "command": "python benchmarks/fashion_latency.py", "commit": commit,
         "machine": f"{platform.node()} ({os.cpu_count()} cores, {platform.machine()})",

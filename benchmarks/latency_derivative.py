@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from stidi.data import load_dataset  # noqa: E402
 from stidi.io import atomic_write_json, load_model  # noqa: E402
 from stidi.layers import Conv  # noqa: E402
-from stidi.provenance import software_versions  # noqa: E402
+from stidi.provenance import run_provenance  # noqa: E402
 from stidi.stidi_bp import latency_gain, potential_slope  # noqa: E402
 
 DEFAULT_MODELS = ["results/runs/fashion-rcsnn/best.safetensors", "results/runs/mnist-rcsnn/best.safetensors"]
@@ -121,13 +121,11 @@ def main() -> int:
     parser.add_argument("--out", default="results/latency-derivative.json", help="result JSON")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    commit = os.popen(f"git -C {ROOT} rev-parse HEAD").read().strip()  # the code that runs, not a later HEAD
+    provenance = run_provenance(ROOT, "benchmarks/latency_derivative.py")
     started = time.perf_counter()
     rows = [measure(ROOT / m if not Path(m).is_absolute() else Path(m), args.images, args.bins) for m in args.models]
     result = {
-        "command": " ".join(["python", "benchmarks/latency_derivative.py", *sys.argv[1:]]),
-        "commit": commit,
-        "software": software_versions(),
+        **provenance,
         "wall_seconds": round(time.perf_counter() - started, 1),
         "models": rows,
     }

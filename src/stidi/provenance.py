@@ -12,7 +12,10 @@ next such difference can be traced.
 from __future__ import annotations
 
 import platform
+import subprocess
+import sys
 from importlib import metadata
+from pathlib import Path
 
 
 def software_versions() -> dict[str, str]:
@@ -32,3 +35,18 @@ def software_versions() -> dict[str, str]:
 def software_line() -> str:
     """:func:`software_versions` as one log line, e.g. ``python 3.11.7, torch 2.13.0+cpu, ... cpu_capability AVX512``."""
     return ", ".join(f"{name} {version}" for name, version in software_versions().items())
+
+
+def git_commit(root: str | Path) -> str:
+    """The commit checked out in the git work tree at ``root`` (``""`` outside one)."""
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+
+
+def run_provenance(root: str | Path, script: str) -> dict[str, object]:
+    """``command``, ``commit`` and ``software`` of a benchmark script's result file.
+
+    Call it when the script starts, so the commit is that of the code that runs, not of
+    a later HEAD; ``script`` is its path from ``root`` (e.g. ``benchmarks/cnn_reference.py``).
+    """
+    return {"command": " ".join(["python", script, *sys.argv[1:]]), "commit": git_commit(root),
+            "software": software_versions()}
