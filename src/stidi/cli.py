@@ -36,6 +36,7 @@ TRAIN_FLAGS = {
     "--epochs": ("train", "epochs", {"type": int, "help": "passes over the training set (default: 3)"}),
     "--batch-size": ("train", "batch_size", {"type": int, "help": "images per update (default: 32)"}),
     "--lr": ("train", "lr", {"type": float, "nargs": "+", "help": "learning rate, one value or one per weighted layer, relative to each layer's initial weight std (default: 0.01)"}),
+    "--dropout": ("train", "dropout", {"type": float, "nargs": "+", "help": "p in [0, 1), one value per weighted layer (0 for the output layer): while training, silence each neuron of that layer with probability p and scale the next layer's weights by 1/(1 − p) (default: 0 = none)"}),
     "--weight-decay": ("train", "weight_decay", {"type": float, "nargs": "+", "help": "λ ≥ 0, one value or one per weighted layer: decoupled weight decay, every step also shrinks w by η_l λ w, η_l the layer's step size (default: 0 = none)"}),
     "--binary-clip": ("train", "binary_clip", {"type": float, "help": "c ≥ 1: after every step clip the real weights of binary layers to ±c·α, so their signs can still flip (default: 0 = no clipping)"}),
     "--optimizer": ("train", "optimizer", {"choices": ["adam", "sgd"], "help": "how STiDi-BP update directions become steps (default: adam)"}),

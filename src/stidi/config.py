@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 from .encoding import encoded_shape
 from .errors import ConfigError
-from .layers import parse_spec
+from .layers import Pool, parse_spec
 
 Check = tuple[Callable[[Any], bool], str]
 
@@ -102,6 +102,7 @@ class TrainConfig:
     lr: float | list = _field(0.01, each(POSITIVE), "learning rate per weighted layer, relative to the layer's initial weight std")
     lr_schedule: str = _field("cosine", one_of("constant", "cosine"), "learning-rate schedule over the epochs")
     weight_decay: float | list = _field(0.0, each(NON_NEGATIVE), "λ per weighted layer: decoupled weight decay, w ← w − η_l λ w after every step, η_l the layer's step size (0: none)")
+    dropout: float | list = _field(0.0, each((lambda v: 0 <= v < 1, "a number in [0, 1)")), "p per weighted layer: while training, silence each neuron of that layer with probability p for each image and scale the next layer's forward weights by 1/(1 − p) (inverted dropout; the output layer's must be 0; 0: none)")
     binary_clip: float = _field(0.0, (lambda v: v == 0 or v >= 1, "0 (no clipping) or a number ≥ 1"), "c: after every step, clip the real weights of each binary layer to [−c α_l, c α_l], so their signs can still flip (0: no clipping)")
     train_limit: int = _field(0, NON_NEGATIVE, "use only the first N training images (0: all)")
     test_limit: int = _field(0, NON_NEGATIVE, "evaluate on the first N test images (0: all)")
@@ -183,12 +184,21 @@ def merge(config: Config, values: dict[str, dict], source: str) -> Config:
 
 def validate(config: Config, source: str = "config") -> None:
     """Checks across fields: the network must parse and fit the (encoded) input shape; the slope latency
-    derivative needs the ramp PSP; late revival needs the mask gate; the decision floor must lie before ``T``."""
+    derivative needs the ramp PSP; late revival needs the mask gate; the decision floor must lie before ``T``;
+    dropout needs one rate per weighted layer (or one for all) and none on the output layer."""
     try:
-        parse_spec(config.model.network, encoded_shape(tuple(config.model.input_shape), config.model.input_polarity),
-                   math.prod(config.model.input_shape))
+        layers = parse_spec(config.model.network, encoded_shape(tuple(config.model.input_shape), config.model.input_polarity),
+                            math.prod(config.model.input_shape))
     except ConfigError as exc:
         raise ConfigError(f"{source}: model.network: {exc}") from None
+    weighted = [layer for layer in layers if not isinstance(layer, Pool)]
+    dropout = config.train.dropout
+    if isinstance(dropout, list) and len(dropout) != len(weighted):
+        raise ConfigError(f"{source}: train.dropout has {len(dropout)} values for the {len(weighted)} weighted layers of "
+                          f"{config.model.network}; give one per weighted layer or a single value")
+    if (dropout[-1] if isinstance(dropout, list) else dropout) > 0:
+        raise ConfigError(f"{source}: train.dropout = {dropout!r} drops output neurons (the readout); give one value per "
+                          f"weighted layer with 0 for the last, e.g. {[0.0] * (len(weighted) - 2) + [0.5, 0.0]}")
     if config.rule.latency_derivative == "slope" and not math.isinf(config.model.tau):
         raise ConfigError(f"{source}: rule.latency_derivative = 'slope' needs the ramp PSP (model.tau = inf), got tau = {config.model.tau}; "
                           "use 'linear' or 'unit' with a finite tau")

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .dropout import DropMasks
 from .encoding import encode_images, encoded_shape
 from .errors import ConfigError
 from . import kernels
@@ -42,10 +43,13 @@ class Trace:
 
     ``winners[l]`` holds, for a pooling layer ``l``, the flat index of each window's winner.
     Times are natural firing times (``inf`` for a neuron that never reached threshold).
+    ``dropped[l + 1]`` marks the outputs of layer ``l`` that training-time dropout silenced
+    (:mod:`stidi.dropout`); the learning rule gives them no displacement.
     """
 
     times: list[torch.Tensor]
     winners: dict[int, torch.Tensor] = field(default_factory=dict)
+    dropped: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -175,13 +179,27 @@ class Network(nn.Module):
         return encode_images(images, self.input_shape, self.T, self.input_power, self.input_polarity)
 
     @torch.no_grad()
-    def trace(self, t_in: torch.Tensor) -> Trace:
-        """Spike times of every layer for input spike times ``(B, *encoded_shape)``."""
+    def trace(self, t_in: torch.Tensor, drop: DropMasks | None = None) -> Trace:
+        """Spike times of every layer for input spike times ``(B, *encoded_shape)``.
+
+        ``drop`` (training only, :func:`stidi.dropout.dropout_masks`): ``{layer index: (mask, p)}``;
+        the masked outputs of that layer are silenced (``inf``) and the next weighted layer's
+        forward weights multiplied by ``1/(1 − p)``.
+        """
         tr = Trace([t_in])
+        gain = 1.0  # inverted dropout's factor for the next weighted layer
         for i in range(len(self.layers)):
-            t_out, winners = self.layer_forward(i, tr.times[-1])
+            weight = None
+            if gain != 1.0 and i in self.weighted:
+                weight, gain = self.weight_of(i) * gain, 1.0
+            t_out, winners = self.layer_forward(i, tr.times[-1], weight=weight)
             if winners is not None:
                 tr.winners[i] = winners
+            if drop and i in drop:
+                mask, p = drop[i]
+                t_out = t_out.masked_fill(mask, math.inf)
+                tr.dropped[i + 1] = mask
+                gain = 1.0 / (1.0 - p)
             tr.times.append(t_out)
         return tr
 

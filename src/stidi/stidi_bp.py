@@ -45,7 +45,8 @@ layers), so neurons the layer above needs come back; ``ρ = 0`` is the plain rul
 some of the neurons it feeds: ``Δt_i = Δt_i^gated + ρ · min(0, Σ_j δ_j w_ij [t_i ≥ t_j])``,
 the closed part of the gate (for a silent input that is all of it, so "late" includes
 "silent"); with the mask gate it is ``W^T δ`` less the gated displacement.
-Update directions are averaged
+A neuron that training-time dropout silenced (:mod:`stidi.dropout`) gets no displacement,
+revival's included. Update directions are averaged
 over the batch; a convolution's shared weights sum (``conv_update = "sum"``) or average
 (``"mean"``) the contributions of all positions.
 
@@ -215,7 +216,7 @@ def update_sums(net: Network, trace: Trace, labels: torch.Tensor, opts: RuleOpti
     for i in reversed(range(len(net.layers))):
         layer, t_in, t_out = net.layers[i], trace.times[i], trace.times[i + 1]
         if isinstance(layer, Pool):
-            shift = engine.route_to_winners(shift, trace.winners[i], t_in.shape)
+            shift = _without_dropped(engine.route_to_winners(shift, trace.winners[i], t_in.shape), trace, i)
             continue
         if shift is not None:
             error = normalise(shift / T, opts.error_norm, agree)
@@ -235,8 +236,14 @@ def update_sums(net: Network, trace: Trace, labels: torch.Tensor, opts: RuleOpti
             shift = _revive(shift, x, delta, w, padding, opts.displacement_gate, T, net.tau, opts.revival,
                             opts.revival_scope)
         if shift is not None:
-            shift = shift.reshape(t_in.shape)
+            shift = _without_dropped(shift.reshape(t_in.shape), trace, i)
     return sums
+
+
+def _without_dropped(shift: torch.Tensor, trace: Trace, i: int) -> torch.Tensor:
+    """The displacement of ``trace.times[i]`` with the neurons dropout silenced set to 0 (:mod:`stidi.dropout`)."""
+    dropped = trace.dropped.get(i)
+    return shift if dropped is None else shift.masked_fill(dropped, 0.0)
 
 
 def idle_sums(net: Network, opts: RuleOptions, agree: Agree = _alone) -> list[torch.Tensor]:

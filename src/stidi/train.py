@@ -35,6 +35,7 @@ from .augment import epoch_moves, move_images
 from .averaging import assign, update_average, weights_swapped
 from .config import Config, merge
 from .distributed import SINGLE, Context
+from .dropout import dropout_masks
 from .errors import ModelFileError, StidiError
 from .io import atomic_write, build_network, load_tensors, network_tensors, restore_weights, save_model, save_tensors, sidecar
 from .network import Network, Trace, per_layer
@@ -281,6 +282,7 @@ class Trainer:
         self.test_set = data[1]
         self.net = build_network(config)
         self.rule = RuleOptions(**vars(config.rule))
+        self.dropout = per_layer(config.train.dropout, len(self.net.weighted), "train.dropout")
         self.ckpt = Checkpoints(self.out)
         self.progress, self.log = progress, log
         self.history: list[dict] = []
@@ -392,7 +394,7 @@ class Trainer:
             idx = order[step * t.batch_size : (step + 1) * t.batch_size]
             share = self.dist.shard(idx)  # all of idx with one process
             where = f"step {step + 1} of epoch {epoch + 1}"
-            sums, trace, hits = self._sums(share, len(idx), where, moves)
+            sums, trace, hits = self._sums(share, len(idx), where, moves, epoch)
             asked = self.stop_signal  # with several ranks a later signal counts at the next step, on every rank
             sums, hits, agreed = self.dist.reduce_step(sums, trace.times, hits, asked is not None, where)
             directions = finish_directions(net, sums, self.rule, len(idx))
@@ -417,11 +419,11 @@ class Trainer:
         record = {"epoch": epoch + 1, "train_accuracy": correct / len(data), "lr": [g["lr"] for g in self.opt.param_groups]}
         return record, {"epoch": epoch + 1, "train_seconds": round(seconds, 2), "images_per_s": round(len(data) / seconds, 2)}
 
-    def _sums(self, idx: torch.Tensor, batch: int, where: str,
-              moves: torch.Tensor | None) -> tuple[list[torch.Tensor], Trace, int]:
+    def _sums(self, idx: torch.Tensor, batch: int, where: str, moves: torch.Tensor | None,
+              epoch: int) -> tuple[list[torch.Tensor], Trace, int]:
         """Exact update sums (see :func:`update_sums`), spike times and correct count of the training
         images ``idx``, a share of a global batch of ``batch`` images, moved by the epoch's augmentation
-        ``moves`` (one row per training image) if given."""
+        ``moves`` (one row per training image) if given, with the epoch's dropout (:mod:`stidi.dropout`)."""
         net, data = self.net, self.train_set
 
         def agree(peak: torch.Tensor) -> torch.Tensor:
@@ -430,7 +432,10 @@ class Trainer:
         if len(idx) == 0:  # a rank's share of a last batch smaller than the number of ranks
             return idle_sums(net, self.rule, agree), Trace([]), 0
         labels = data.labels[idx]
-        trace = net.trace(data.spike_times(idx, net, moves[idx] if moves is not None else None))
+        drop = None
+        if any(self.dropout):
+            drop = dropout_masks(self.dropout, net.weighted, net.shapes, idx, self.t.seed, epoch)
+        trace = net.trace(data.spike_times(idx, net, moves[idx] if moves is not None else None), drop)
         hits = int((net.readout(trace).classes == labels).sum())
         return update_sums(net, trace, labels, self.rule, batch, agree), trace, hits
 
