@@ -93,3 +93,24 @@ def test_slope_needs_the_ramp_psp() -> None:
     with pytest.raises(ConfigError, match="latency_derivative = 'slope' needs the ramp PSP"):
         from_dict({"model": {"tau": 8.0}, "rule": {"latency_derivative": "slope"}})
     from_dict({"rule": {"latency_derivative": "slope", "slope_bins": 16}})  # the ramp PSP (default) is fine
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 10_000), padding=st.sampled_from([0, 2]), dense=st.booleans())
+def test_event_engine_exact_slope_matches_the_masked_maps(seed: int, padding: int, dense: bool) -> None:
+    """With one bin per step the event engine's causal sums and the per-step masked maps agree."""
+    T, g = 32, torch.Generator().manual_seed(seed)
+    shape, w_shape, out_shape = ((3, 40), (6, 40), (3, 6)) if dense else ((2, 3, 7, 7), (4, 3, 5, 5), (2, 4, 3 + 2 * padding, 3 + 2 * padding))
+    t_in = torch.randint(0, T + 1, shape, generator=g).double()
+    t_in[torch.rand(shape, generator=g) < 0.3] = math.inf
+    w = torch.randn(w_shape, generator=g, dtype=torch.float64)
+    t_out = torch.randint(1, T + 1, out_shape, generator=g).double()  # any spike time (never 0: u(0) = 0 < θ), T included
+    pad = 0 if dense else padding
+    fast = potential_slope(t_in, w, t_out, pad, T, bins=T)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("STIDI_ENGINE", "vectorised")
+        maps = potential_slope(t_in, w, t_out, pad, T, bins=T)
+    torch.testing.assert_close(fast, maps, rtol=1e-12, atol=1e-12)
+    need = torch.rand(out_shape, generator=g) < 0.5  # only some outputs: those get the same sums, the rest 0
+    some = potential_slope(t_in, w, t_out, pad, T, bins=T, need=need)
+    torch.testing.assert_close(some, torch.where(need, maps, torch.zeros_like(maps)), rtol=1e-12, atol=1e-12)

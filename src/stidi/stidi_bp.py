@@ -64,7 +64,7 @@ import torch
 import torch.nn.functional as F
 
 from . import kernels
-from .kernels import fixed_point
+from .kernels import event, fixed_point
 from .kernels import vectorised as engine
 from .kernels.psp import psp_scale
 from .layers import Conv, Pool
@@ -164,17 +164,24 @@ def latency_gain(t: torch.Tensor, theta: float, mode: str, slope: torch.Tensor |
     return torch.ones_like(t)
 
 
-def potential_slope(x: torch.Tensor, w: torch.Tensor, t_out: torch.Tensor, padding: int, T: int, bins: int) -> torch.Tensor:
+def potential_slope(x: torch.Tensor, w: torch.Tensor, t_out: torch.Tensor, padding: int, T: int, bins: int,
+                    need: torch.Tensor | None = None) -> torch.Tensor:
     """The ramp-PSP potential's slope at each output's spike, ``u_j'(t_j) = Σ_{i: t_i < t_j} w_ij / T``.
 
     ``0 … T`` is cut into ``bins`` equal bins; a spike in bin ``(e_{k−1}, e_k]`` counts the
     inputs that fired before ``e_k`` (one masked convolution or matrix product per bin that
     holds a spike), so inputs that fired in the spike's own bin but after it count too.
-    With ``bins = T`` every bin is one step and the slope is exact: ``u_j(t_j) − u_j(t_j − 1)``.
+    With ``bins = T`` every bin is one step and the slope is exact: ``u_j(t_j) − u_j(t_j − 1)``;
+    on the CPU the event engine then sums each spike's own causal inputs
+    (:func:`stidi.kernels.event.causal_weight_sums`, about the cost of the rule's pair loop)
+    instead of one masked map per distinct spike step, and only for the outputs marked in
+    ``need`` (the others, whose slope the rule does not use, may come back as 0).
     ``x`` and ``t_out`` are a weighted layer's operands as :meth:`Network.layer_operands`
     and the forward pass give them (``t_out`` with silent neurons at ``T``); ``w`` is the
     forward weight. Computed in ``w``'s dtype (the masked sums need no more).
     """
+    if bins >= T and kernels.event_usable(x):  # exact: each spike's own causal inputs
+        return (event.causal_weight_sums(x, t_out, w, T, padding, need) / T).to(t_out.dtype)
     if w.dim() == 4:
         x = engine.pad_never_firing(x, padding)
         apply = lambda mask: F.conv2d(mask, w)  # noqa: E731
@@ -227,7 +234,8 @@ def update_sums(net: Network, trace: Trace, labels: torch.Tensor, opts: RuleOpti
         t_rule = t_out.clamp(max=T)
         slope = None
         if opts.latency_derivative == "slope":
-            slope = potential_slope(x, net.weight_of(i), t_rule, padding, T, opts.slope_bins)
+            slope = potential_slope(x, net.weight_of(i), t_rule, padding, T, opts.slope_bins,
+                                    need=error.reshape(t_rule.shape) != 0)
         delta = error.reshape(t_rule.shape) * latency_gain(t_rule, theta, opts.latency_derivative, slope, T)
         q = fixed_point.batch_quantum(delta, batch, T, net.tau, agree)
         sums[k], shift = kernels.rule(x, t_rule, delta, w, opts.displacement_gate, T, net.tau, padding,

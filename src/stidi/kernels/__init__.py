@@ -37,6 +37,11 @@ def _use_event(engine: str, t: torch.Tensor, tau: float) -> bool:
     return engine == "event" and event.AVAILABLE and t.device.type == "cpu" and (math.isinf(tau) or float(tau).is_integer())
 
 
+def event_usable(t: torch.Tensor, tau: float = math.inf, engine: str | None = None) -> bool:
+    """Whether the event engine serves tensors like ``t`` (CPU, numba, integer τ or ∞) when ``engine`` (default: :func:`default_engine`) is chosen."""
+    return _use_event(engine or default_engine(), t, tau)
+
+
 def spike_times(t_in, weight, theta, T, tau, padding=0, engine: str | None = None, horizon=None):
     """Spike times of a dense or convolution layer with the chosen engine.
 

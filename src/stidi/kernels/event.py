@@ -454,6 +454,51 @@ if AVAILABLE:
                             Db[i] += d * wj[i] * g
 
     @njit(parallel=True, cache=True)
+    def _conv_causal_sums(x, t_out, need, w, T, out):
+        """``out[b, co, oy, ox] = Σ w`` over the receptive field's inputs that fired before the
+        output's time (``x (B, C, H, W)`` padded, ``t_out``/``need``/``out (B, Co, Ho, Wo)``,
+        ``w (Co, C, K, K)``), for the outputs where ``need`` is set (0 elsewhere): each position's
+        events in time order, as in :func:`_conv_rule`, summed up to the output's time."""
+        B, C, H, W = x.shape
+        Co, _, K, _ = w.shape
+        L = (H - K + 1) * (W - K + 1)
+        w2 = w.reshape(Co, C * K * K)
+        tables = _input_coordinates(C, H, W, K)
+        for b in prange(B):
+            t_j, n_j, o = t_out[b].reshape(Co, L), need[b].reshape(Co, L), out[b].reshape(Co, L)
+            steps, inputs, _ = _sorted_events(x[b].reshape(-1), T, 0)
+            start, f_t, f_r, _ = _fields_by_position(steps, inputs, H, W, K, tables)
+            for co in range(Co):
+                for l in range(L):
+                    tj, total = t_j[co, l], 0.0
+                    if not n_j[co, l]:
+                        o[co, l] = 0.0
+                        continue
+                    for k in range(start[l], start[l + 1]):
+                        if f_t[k] >= tj:
+                            break
+                        total += w2[co, f_r[k]]
+                    o[co, l] = total
+
+    @njit(parallel=True, cache=True)
+    def _dense_causal_sums(x, t_out, need, w, out):
+        """``out[b, j] = Σ_i w[j, i] [x[b, i] < t_out[b, j]]`` for a dense layer (``w (M, N)``),
+        where ``need[b, j]`` is set (0 elsewhere)."""
+        B, N = x.shape
+        M = w.shape[0]
+        for b in prange(B):
+            xb = x[b]
+            for j in range(M):
+                tj, wj, total = t_out[b, j], w[j], 0.0
+                if not need[b, j]:
+                    out[b, j] = 0.0
+                    continue
+                for i in range(N):
+                    if xb[i] < tj:
+                        total += wj[i]
+                out[b, j] = total
+
+    @njit(parallel=True, cache=True)
     def _earliest_pool(t_in, k, out, winner):
         """Earliest-spike pooling of ``t_in (B, C, H, W)`` over ``k × k`` windows (stride ``k``):
         ``out`` gets each window's earliest time, ``winner`` the flat index ``y · W + x`` of the
@@ -731,3 +776,22 @@ def rule(
     if padding and weight.dim() == 4:
         D_t = D_t[..., padding:-padding, padding:-padding]
     return G, D_t.to(t_in.dtype).contiguous()
+
+
+def causal_weight_sums(t_in: torch.Tensor, t_out: torch.Tensor, weight: torch.Tensor, T: int, padding: int = 0,
+                       need: torch.Tensor | None = None) -> torch.Tensor:
+    """``Σ_{i: t_i < t_j} w_ij`` for every output ``j`` of a dense (``t_in (B, N)``, ``t_out (B, M)``)
+    or convolution layer (``t_in (B, C, H, W)`` unpadded, ``t_out (B, Co, Ho, Wo)``), in float64:
+    ``T`` times the ramp potential's slope just before ``t_j``. Inputs at ``T`` or later never count.
+    With ``need`` (booleans shaped as ``t_out``) only those outputs are summed, the others are 0.
+    Each sample is summed on its own, in an order that depends only on that sample."""
+    w = np.ascontiguousarray(weight.detach().cpu().double().numpy())
+    t_j = np.ascontiguousarray(t_out.detach().cpu().double().numpy())
+    n_j = np.ones(t_j.shape, dtype=np.bool_) if need is None else np.ascontiguousarray(need.detach().cpu().numpy(), dtype=np.bool_)
+    out = np.empty(t_j.shape)
+    if weight.dim() == 2:
+        _dense_causal_sums(np.ascontiguousarray(t_in.detach().cpu().double().numpy()), t_j, n_j, w, out)
+    else:
+        xp = np.ascontiguousarray(_padded(t_in, padding), dtype=np.float64)
+        _conv_causal_sums(xp, t_j, n_j, w, int(T), out)
+    return torch.from_numpy(out)
