@@ -70,6 +70,7 @@ class ModelConfig:
     threshold: float | list = _field(1.0, each(POSITIVE), "firing threshold per weighted layer")
     init_firing_fraction: float | list = _field(0.3, each(FRACTION), "fraction of each weighted layer that fires before T after initialisation")
     binary: bool | list = _field(False, (lambda v: all(isinstance(x, bool) for x in v) if isinstance(v, list) else True, "true/false or a list of them"), "binary weights: forward with α·sign(w), the rule updates the real w (per weighted layer or one for all)")
+    bias: bool = _field(False, None, "every weighted layer also sees an input spike at t = 0 whose weight (one per neuron, per output channel in a convolution) the rule learns: a drive or leak b·ε(t) added to the potential (real-valued layers only)")
     binary_scale: str = _field("mean_abs", one_of("mean_abs", "fixed"), "α of a binary layer: mean |w| of the real weights ('mean_abs') or fixed at initialisation ('fixed')")
 
 
@@ -199,6 +200,9 @@ def validate(config: Config, source: str = "config") -> None:
     if (dropout[-1] if isinstance(dropout, list) else dropout) > 0:
         raise ConfigError(f"{source}: train.dropout = {dropout!r} drops output neurons (the readout); give one value per "
                           f"weighted layer with 0 for the last, e.g. {[0.0] * (len(weighted) - 2) + [0.5, 0.0]}")
+    if config.model.bias and (any(config.model.binary) if isinstance(config.model.binary, list) else config.model.binary):
+        raise ConfigError(f"{source}: model.bias = true needs real-valued layers (model.binary = false): a binary layer "
+                          "would keep only the sign of its bias weight")
     if config.rule.latency_derivative == "slope" and not math.isinf(config.model.tau):
         raise ConfigError(f"{source}: rule.latency_derivative = 'slope' needs the ramp PSP (model.tau = inf), got tau = {config.model.tau}; "
                           "use 'linear' or 'unit' with a finite tau")

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import StidiError
 from .layers import Conv, Dense, Pool
 from .network import Network
 
@@ -66,6 +67,9 @@ def differences(net: Network) -> list[str]:
 
 def to_nir(net: Network):
     """The :class:`nir.NIRGraph` of ``net`` (see the module docstring for the mapping)."""
+    if getattr(net, "bias", False):
+        raise StidiError("NIR export does not cover model.bias = true (the bias input spike at t = 0 has no NIR node "
+                         "here yet); export a network trained without it")
     nir = _nir()
     T = float(net.T)
     tau = float(net.tau)

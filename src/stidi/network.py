@@ -90,6 +90,8 @@ class Network(nn.Module):
             as they learn (as XNOR-Net and BS4NN-style scaled binary layers do); or
             ``"fixed"`` — ``α_l`` is set at initialisation and never changes, which is the
             same network as ``α = 1`` with the threshold divided by ``α_l``.
+        bias: every weighted layer also gets an input spike at ``t = 0`` with a trainable
+            weight per neuron (per output channel for a convolution), see :meth:`layer_operands`.
     """
 
     def __init__(
@@ -104,6 +106,7 @@ class Network(nn.Module):
         binary_scale: str = "mean_abs",
         input_power: float = 1.0,
         input_polarity: str = "on",
+        bias: bool = False,
     ) -> None:
         super().__init__()
         self.spec = spec
@@ -118,11 +121,15 @@ class Network(nn.Module):
         self.thresholds = per_layer(thresholds, len(self.weighted), "threshold")
         if any(th <= 0 for th in self.thresholds):
             raise ConfigError(f"threshold: every value must be > 0, got {self.thresholds}")
+        self.bias = bool(bias)
         self.weights = nn.ParameterList(
-            nn.Parameter(torch.zeros(self.layers[i].weight_shape(self.shapes[i])), requires_grad=False)
+            nn.Parameter(torch.zeros(self.layers[i].weight_shape(self.operand_shape(i))), requires_grad=False)
             for i in self.weighted
         )
         self.binary = per_layer(binary, len(self.weighted), "binary", bool)
+        if self.bias and any(self.binary):
+            raise ConfigError("model.bias = true needs real-valued layers: a binary layer would keep only the bias weight's sign; "
+                              "set model.binary = false or model.bias = false")
         if binary_scale not in ("mean_abs", "fixed"):
             raise ConfigError(f"binary_scale: {binary_scale!r} is not one of 'mean_abs', 'fixed'")
         self.binary_scale = binary_scale
@@ -152,11 +159,45 @@ class Network(nn.Module):
     def threshold_of(self, layer_index: int) -> float:
         return self.thresholds[self.weighted.index(layer_index)]
 
+    def operand_shape(self, index: int) -> tuple[int, ...]:
+        """Shape of one sample's input to weighted layer ``index`` as its weights see it: the layer's
+        input shape, or with ``bias`` one more input (dense) or one more channel over the padded
+        frame (convolution) for the bias spike."""
+        shape, layer = self.shapes[index], self.layers[index]
+        if not self.bias:
+            return shape
+        if isinstance(layer, Dense):
+            return (math.prod(shape) + 1,)
+        return (shape[0] + 1, shape[1] + 2 * layer.padding, shape[2] + 2 * layer.padding)
+
     def layer_operands(self, index: int, t_in: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """Input times as weighted layer ``index`` consumes them (flattened for a dense layer) and its padding."""
+        """Input times as weighted layer ``index`` consumes them (flattened for a dense layer) and its padding.
+
+        With ``bias`` every weighted layer also sees a bias input that fires at ``t = 0``: one more
+        input of a dense layer, or one more channel of a convolution, which then comes already
+        padded (never-firing border, a bias channel that fires everywhere, so every position sees
+        the same bias ``Σ_k w[co, bias, k]``) with padding 0. Its weight adds ``b_j ε(t)`` to the
+        potential, a drive (``b > 0``) or leak (``b < 0``) that the rule learns like any weight.
+        """
         layer = self.layers[index]
-        x = t_in.flatten(1) if isinstance(layer, Dense) else t_in
-        return x, (layer.padding if isinstance(layer, Conv) else 0)
+        if isinstance(layer, Dense):
+            x = t_in.flatten(1)
+            return (torch.cat([x, x.new_zeros(x.shape[0], 1)], dim=1) if self.bias else x), 0
+        if not self.bias:
+            return t_in, layer.padding
+        x = engine.pad_never_firing(t_in, layer.padding)
+        return torch.cat([x, x.new_zeros(x.shape[0], 1, *x.shape[2:])], dim=1), 0
+
+    def input_displacement(self, index: int, shift: torch.Tensor, in_shape: torch.Size) -> torch.Tensor:
+        """The rule's displacement of weighted layer ``index``'s operands (:meth:`layer_operands`)
+        restricted to its real inputs, shaped ``in_shape``: the bias input and the padded border dropped."""
+        if not self.bias:
+            return shift.reshape(in_shape)
+        if isinstance(self.layers[index], Dense):
+            return shift.reshape(shift.shape[0], -1)[:, :-1].reshape(in_shape)
+        p = self.layers[index].padding
+        shift = shift[:, :-1]
+        return (shift[..., p:-p, p:-p] if p else shift).reshape(in_shape)
 
     def layer_forward(self, index: int, t_in: torch.Tensor, weight: torch.Tensor | None = None,
                       horizon: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -191,7 +232,10 @@ class Network(nn.Module):
         for i in range(len(self.layers)):
             weight = None
             if gain != 1.0 and i in self.weighted:
-                weight, gain = self.weight_of(i) * gain, 1.0
+                weight = self.weight_of(i) * gain
+                if self.bias:  # the bias input is never dropped: its weight stays
+                    weight[:, -1] = self.weight_of(i)[:, -1]
+                gain = 1.0
             t_out, winners = self.layer_forward(i, tr.times[-1], weight=weight)
             if winners is not None:
                 tr.winners[i] = winners
@@ -216,7 +260,7 @@ class Network(nn.Module):
         decided = torch.isfinite(t_min)
         last = len(self.layers) - 1
         u = engine.potential_at(
-            trace.times[-2].flatten(1), self.weight_of(last), torch.where(decided, t_min, 0.0), self.T, self.tau
+            self.layer_operands(last, trace.times[-2])[0], self.weight_of(last), torch.where(decided, t_min, 0.0), self.T, self.tau
         )
         u = torch.where(t_read == t_min.unsqueeze(1), u, torch.full_like(u, -math.inf))
         best = u.max(dim=1, keepdim=True).values
@@ -263,6 +307,8 @@ class Network(nn.Module):
             if i in self.weighted:
                 k = self.weighted.index(i)
                 w = torch.randn(self.weights[k].shape, generator=generator, dtype=self.weights[k].dtype)
+                if self.bias:  # the bias weights start at 0
+                    w[:, -1] = 0.0
                 forward_w = binarise(w, torch.tensor(1.0, dtype=torch.float64)) if self.binary[k] else w
                 x, padding = self.layer_operands(i, t)
                 _, u_max = engine.scan_potential(x, forward_w, self.thresholds[k], self.T, self.tau, padding, track_max=True,

@@ -244,7 +244,7 @@ def update_sums(net: Network, trace: Trace, labels: torch.Tensor, opts: RuleOpti
             shift = _revive(shift, x, delta, w, padding, opts.displacement_gate, T, net.tau, opts.revival,
                             opts.revival_scope)
         if shift is not None:
-            shift = _without_dropped(shift.reshape(t_in.shape), trace, i)
+            shift = _without_dropped(net.input_displacement(i, shift, t_in.shape), trace, i)
     return sums
 
 
