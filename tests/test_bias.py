@@ -75,3 +75,10 @@ def test_bias_is_refused_for_binary_layers_and_survives_save_and_load(tmp_path) 
     loaded, _, _ = load_model(tmp_path / "m.safetensors")
     assert loaded.bias and all(torch.equal(a, b) for a, b in zip(loaded.weights, net.weights))
     assert torch.equal(loaded.predict(t_in).classes, net.predict(t_in).classes)
+
+
+def test_the_bias_flag_reaches_the_configuration() -> None:
+    from stidi.cli import _overrides, build_parser
+
+    args = build_parser().parse_args(["train", "--bias", "--network", "784-400-10"])
+    assert _overrides(args)["model"]["bias"] is True

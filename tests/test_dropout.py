@@ -106,3 +106,10 @@ def test_a_run_with_dropout_differs_from_one_without_and_resumes_exactly_mid_epo
     resumed, again = train(config([0.0, 0.5, 0.0]), tmp_path / "cut", resume=True, **quiet)
     assert all(torch.equal(a, b) for a, b in zip(resumed.weights, net.weights))
     assert again == history
+
+
+def test_the_dropout_flag_reaches_the_configuration() -> None:
+    from stidi.cli import _overrides, build_parser
+
+    args = build_parser().parse_args(["train", "--dropout", "0", "0", "0.5", "0"])
+    assert _overrides(args)["train"]["dropout"] == [0.0, 0.0, 0.5, 0.0]

@@ -55,6 +55,7 @@ TRAIN_FLAGS = {
     "--error-norm": ("rule", "error_norm", {"choices": ["l2", "none", "batch_max"], "help": "each layer's error scaled per sample to unit L2 norm ('l2', default), left raw ('none'), or divided by the batch's largest sample norm ('batch_max')"}),
     "--decision-floor": ("rule", "decision_floor", {"type": float, "help": "step t_f: output targets are set relative to max(first output spike, t_f), so decisions before t_f are pushed later (default: 0 = the plain rule)"}),
     "--augment-shift": ("train", "augment_shift", {"type": int, "help": "augmentation: move each training image by up to N pixels each way, a new random offset every epoch (default: 0 = none)"}),
+    "--bias": ("model", "bias", {"action": "store_const", "const": True, "help": "give every weighted layer a bias input spike at t = 0 whose weight per neuron the rule learns (real-valued layers only)"}),
     "--augment-flip": ("train", "augment_flip", {"action": "store_const", "const": True, "help": "augmentation: mirror each training image left-right with probability 1/2, a new draw every epoch (for clothes, not digits)"}),
     "--weight-average": ("train", "weight_average", {"type": float, "help": "β in [0, 1): evaluate and save a moving average of the weights, w̄ ← β w̄ + (1 − β) w after every step (default: 0 = the weights as trained)"}),
     "--checkpoint-every": ("train", "checkpoint_every", {"type": int, "help": "also checkpoint every N batches inside an epoch; 0 = only at epoch ends (default: 100)"}),
