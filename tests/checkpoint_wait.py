@@ -1,8 +1,10 @@
-"""Shared by the interruption tests: wait until a training run has checkpointed mid-way through its first epoch."""
+"""Shared by the interruption tests: wait until a training run has checkpointed mid-way through its first
+epoch, or make an in-process run ask to stop after a given step."""
 
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -27,3 +29,18 @@ def reached_first_epoch_checkpoint(ckpt: Path, proc: subprocess.Popen, min_step:
             return True
         time.sleep(0.005)
     return False
+
+
+def stop_after_step(monkeypatch, count: int, steps_per_epoch: int) -> None:
+    """Make in-process training ask to stop (as on SIGTERM) right after its ``count``-th step over
+    all epochs: it then checkpoints and raises ``TrainingInterrupted``. Undo with ``monkeypatch.undo()``."""
+    import stidi.train as train_module
+
+    real_step = train_module.Trainer._step
+
+    def step_then_stop(self, directions, trace, epoch, step):
+        real_step(self, directions, trace, epoch, step)
+        if epoch * steps_per_epoch + step + 1 == count:
+            self.stop_signal = signal.SIGTERM
+
+    monkeypatch.setattr(train_module.Trainer, "_step", step_then_stop)

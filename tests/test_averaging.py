@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
 
 import pytest
 import torch
@@ -11,12 +10,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from safetensors.torch import load_file
 
-import stidi.train as train_module
 from stidi.averaging import average_decay, update_average, weights_swapped
 from stidi.config import load_config
 from stidi.errors import ConfigError
 from stidi.io import load_model
 from stidi.train import TrainingInterrupted, builtin_data, evaluate, train
+from tests.checkpoint_wait import stop_after_step
 
 
 @given(st.floats(0.0, 0.9999), st.integers(0, 10_000))
@@ -78,17 +77,10 @@ def test_the_saved_model_is_the_average_and_scores_what_the_log_says(tmp_path):
 def test_interrupted_run_with_averaging_resumes_exactly(tmp_path, monkeypatch):
     config = _config(0.8)
     train(config, tmp_path / "whole", progress=False, log=lambda m: None)
-    real_step = train_module.Trainer._step
-
-    def interrupt_after_five(self, directions, trace, epoch, step):
-        real_step(self, directions, trace, epoch, step)
-        if epoch * 8 + step + 1 == 5:  # 128 training images, batch 16: 8 steps per epoch
-            self.stop_signal = signal.SIGTERM
-
-    monkeypatch.setattr(train_module.Trainer, "_step", interrupt_after_five)
+    stop_after_step(monkeypatch, 5, steps_per_epoch=8)  # 128 training images, batch 16
     with pytest.raises(TrainingInterrupted):
         train(config, tmp_path / "cut", progress=False, log=lambda m: None)
-    monkeypatch.setattr(train_module.Trainer, "_step", real_step)
+    monkeypatch.undo()
     partial = json.loads((tmp_path / "cut" / "checkpoint.json").read_text())["partial"]
     assert (partial["epoch"], partial["step"]) == (0, 5)
     train(config, tmp_path / "cut", resume=True, progress=False, log=lambda m: None)

@@ -4,7 +4,6 @@ leaving dropped neurons out, the configuration's checks, and a training run that
 from __future__ import annotations
 
 import math
-import signal
 
 import pytest
 import torch
@@ -14,8 +13,8 @@ from hypothesis import strategies as st
 from stidi.config import ConfigError, load_config
 from stidi.dropout import dropout_masks
 from stidi.stidi_bp import RuleOptions, update_directions
-from stidi import train as train_module
 from stidi.train import TrainingInterrupted, train
+from tests.checkpoint_wait import stop_after_step
 from tests.test_stidi_bp import _toy_dense_net
 
 
@@ -92,17 +91,10 @@ def test_a_run_with_dropout_differs_from_one_without_and_resumes_exactly_mid_epo
     net, history = train(config([0.0, 0.5, 0.0]), tmp_path / "drop", **quiet)
     plain, _ = train(config(0.0), tmp_path / "plain", **quiet)
     assert not torch.equal(net.weights[1], plain.weights[1])
-    real_step = train_module.Trainer._step
-
-    def interrupt_after_eight(self, directions, trace, epoch, step):
-        real_step(self, directions, trace, epoch, step)
-        if epoch * 6 + step + 1 == 8:  # 96 training images, batch 16: 6 steps per epoch
-            self.stop_signal = signal.SIGTERM
-
-    monkeypatch.setattr(train_module.Trainer, "_step", interrupt_after_eight)
+    stop_after_step(monkeypatch, 8, steps_per_epoch=6)  # 96 training images, batch 16: in the second epoch
     with pytest.raises(TrainingInterrupted):
         train(config([0.0, 0.5, 0.0]), tmp_path / "cut", **quiet)
-    monkeypatch.setattr(train_module.Trainer, "_step", real_step)
+    monkeypatch.undo()
     resumed, again = train(config([0.0, 0.5, 0.0]), tmp_path / "cut", resume=True, **quiet)
     assert all(torch.equal(a, b) for a, b in zip(resumed.weights, net.weights))
     assert again == history

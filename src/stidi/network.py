@@ -20,7 +20,7 @@ from .encoding import encode_images, encoded_shape
 from .errors import ConfigError
 from . import kernels
 from .kernels import vectorised as engine
-from .layers import Conv, Dense, Layer, Pool, parse_spec, shapes
+from .layers import Dense, Layer, Pool, parse_spec, shapes
 
 
 def binarise(w: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
