@@ -129,7 +129,7 @@ def add_commands(sub: Any) -> None:
                  "(default: the test split of the model's dataset)")
     i = sub.add_parser("inspect", help="per-layer activity, synaptic operations and early-exit statistics",
                        description="Run a saved model on test images and print, per layer: the fraction of neurons that "
-                       "fire before T, their mean firing time and its 10/50/90 %% quantiles, spikes per inference and the synaptic operations the spikes "
+                       "fire before T, their mean firing time and its 10/50/90 % quantiles, spikes per inference and the synaptic operations the spikes "
                        "trigger against the multiply-accumulates of a CNN of the same shapes; then the mean decision time "
                        "(first output spike), how many steps later the runner-up class fires, and the accuracy of stopping every "
                        "layer at the decision (early exit).")
