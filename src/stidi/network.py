@@ -232,9 +232,10 @@ class Network(nn.Module):
         for i in range(len(self.layers)):
             weight = None
             if gain != 1.0 and i in self.weighted:
-                weight = self.weight_of(i) * gain
+                forward = self.weight_of(i)
+                weight = forward * gain
                 if self.bias:  # the bias input is never dropped: its weight stays
-                    weight[:, -1] = self.weight_of(i)[:, -1]
+                    weight[:, -1] = forward[:, -1]
                 gain = 1.0
             t_out, winners = self.layer_forward(i, tr.times[-1], weight=weight)
             if winners is not None:
