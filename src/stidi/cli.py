@@ -47,6 +47,7 @@ TRAIN_FLAGS = {
     "--threads": ("train", "threads", {"type": int, "help": "CPU threads for PyTorch (default: all cores)"}),
     "--validation": ("train", "validation", {"type": int, "help": "hold out the last N training images to pick the best epoch (OUT/best.safetensors); default: 0 = none"}),
     "--binary": ("model", "binary", {"action": "store_const", "const": True, "help": "binary weights: forward pass with alpha*sign(w), the rule updates the real weights; models are saved at 1 bit per synapse"}),
+    "--binary-scale": ("model", "binary_scale", {"choices": ["mean_abs", "fixed", "channel"], "help": "alpha of binary layers: mean |w| of the real weights (mean_abs, the default), fixed at initialisation (fixed), or one per output neuron/channel learnt by the rule (channel)"}),
     "--revival": ("rule", "revival", {"type": float, "help": "strength ρ ≥ 0 of the push that makes silent hidden neurons fire again (default: 0 = the plain rule)"}),
     "--revival-scope": ("rule", "revival_scope", {"choices": ["silent", "late"], "help": "who --revival pushes to fire earlier: silent hidden neurons ('silent', default) or also neurons that fired after some of the neurons they feed ('late')"}),
     "--targets": ("rule", "targets", {"choices": ["earliest", "split", "softmax"], "help": "output targets: the true class aims at the earliest output spike ('earliest', default), the true class and the earliest other output share the missed margin ('split'), or every output moves by σ (p_j − y_j), p = softmax(−t/σ) ('softmax')"}),

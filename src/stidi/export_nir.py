@@ -33,6 +33,13 @@ from .network import Network
 POOL_THRESHOLD = 0.5
 
 
+
+def _alpha(w: np.ndarray) -> float | list[float]:
+    """``α`` of a binary layer's forward weights ``α · sign(w)``: one number, or one per output
+    neuron/channel when they differ (``binary_scale = "channel"``)."""
+    per_unit = np.abs(w).reshape(w.shape[0], -1).max(axis=1)
+    return float(per_unit[0]) if np.all(per_unit == per_unit[0]) else [float(a) for a in per_unit]
+
 def _nir():
     from .inputs import require
 
@@ -101,7 +108,7 @@ def to_nir(net: Network):
         w = net.weight_of(k).detach().cpu().double().numpy()  # forward weights: α·sign(w) for a binary layer
         theta = net.threshold_of(k)
         binary = bool(getattr(net, "binary", [False] * len(net.weighted))[net.weighted.index(k)])
-        weight_meta = {"binary": int(binary), **({"alpha": float(np.abs(w).max())} if binary else {})}
+        weight_meta = {"binary": int(binary), **({"alpha": _alpha(w)} if binary else {})}
         if isinstance(layer, Conv):
             add(f"{name}_conv", nir.Conv2d(input_shape=tuple(in_shape[1:]), weight=w, stride=1, padding=layer.padding,
                                            dilation=1, groups=1, bias=np.zeros(w.shape[0]), metadata=weight_meta))

@@ -116,8 +116,9 @@ def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
 
 
 def network_tensors(net: Network) -> dict[str, torch.Tensor]:
-    """Everything that defines a network's state: real weights and the fixed binary scales."""
-    return {**{f"weight.{k}": w.data for k, w in enumerate(net.weights)}, "fixed_scales": net.fixed_scales}
+    """Everything that defines a network's state: real weights, the fixed binary scales and the learnt ones."""
+    return {**{f"weight.{k}": w.data for k, w in enumerate(net.weights)}, "fixed_scales": net.fixed_scales,
+            **{f"channel_scale.{k}": s.data for k, s in enumerate(net.channel_scales) if net.learns_scale(k)}}
 
 
 def pack_signs(w: torch.Tensor) -> torch.Tensor:
@@ -136,13 +137,13 @@ def model_tensors(net: Network) -> dict[str, torch.Tensor]:
     """Tensors of a saved model: real layers as weights, binary layers as packed signs plus ``α``.
 
     A binary layer needs only ``sign(w)`` and ``α`` for inference: 1 bit per synapse
-    instead of 32.
+    instead of 32, plus one ``α`` per layer (or per output neuron with ``binary_scale = "channel"``).
     """
     out: dict[str, torch.Tensor] = {}
     for k, w in enumerate(net.weights):
         if net.binary[k]:
             out[f"signs.{k}"] = pack_signs(w)
-            out[f"scale.{k}"] = net.scale(k).reshape(1).to(torch.float64)
+            out[f"scale.{k}"] = net.scale(k).reshape(-1).to(torch.float64)
         else:
             out[f"weight.{k}"] = w.data
     return out
@@ -158,9 +159,11 @@ def _expected_tensors(net: Network, packed: bool, has_fixed_scales: bool) -> dic
     for k, w in enumerate(net.weights):
         if packed and net.binary[k]:
             expected[f"signs.{k}"] = ((w.numel() + 7) // 8,)
-            expected[f"scale.{k}"] = (1,)
+            expected[f"scale.{k}"] = (w.shape[0],) if net.learns_scale(k) else (1,)
         else:
             expected[f"weight.{k}"] = tuple(w.shape)
+            if net.learns_scale(k):
+                expected[f"channel_scale.{k}"] = (w.shape[0],)
     if has_fixed_scales or (not packed and any(net.binary)):
         expected["fixed_scales"] = (len(net.weights),)
     return expected
@@ -171,11 +174,13 @@ def restore_weights(net: Network, tensors: dict[str, torch.Tensor], path: Path) 
 
     Missing, extra or misshapen tensors and non-finite values are refused. A packed
     binary layer becomes real weights ``α · sign`` (so ``mean |w| = α`` exactly), and
-    its fixed scale is ``α``: either scale option then gives the saved forward weights.
+    its fixed scale is ``α``: either scale option then gives the saved forward weights. With
+    ``binary_scale = "channel"`` ``α`` is one value per output neuron, which also becomes its learnt scale.
     """
     packed = any(key.startswith("signs.") for key in tensors)
     expected = _expected_tensors(net, packed, "fixed_scales" in tensors)
-    got = {k: tuple(v.shape) for k, v in tensors.items() if k.split(".")[0] in ("weight", "signs", "scale", "fixed_scales")}
+    got = {k: tuple(v.shape) for k, v in tensors.items()
+           if k.split(".")[0] in ("weight", "signs", "scale", "fixed_scales", "channel_scale")}
     if got != expected:
         raise ModelFileError(f"{path}: its tensors {got} do not match the network in its config, which needs {expected}")
     for key, value in tensors.items():
@@ -183,13 +188,18 @@ def restore_weights(net: Network, tensors: dict[str, torch.Tensor], path: Path) 
             raise ModelFileError(f"{path}: {key} holds NaN or infinite values; the model is unusable")
     for k, w in enumerate(net.weights):
         if packed and net.binary[k]:
-            alpha = tensors[f"scale.{k}"].double()[0]
-            if not alpha > 0:
-                raise ModelFileError(f"{path}: scale.{k} = {float(alpha)} must be > 0")
-            w.data.copy_((unpack_signs(tensors[f"signs.{k}"], tuple(w.shape)).double() * alpha).to(w.dtype))
-            net.fixed_scales[k] = alpha
+            alpha = tensors[f"scale.{k}"].double()
+            if not bool((alpha > 0).all()):
+                raise ModelFileError(f"{path}: scale.{k} = {float(alpha.min())} must be > 0")
+            column = alpha.reshape(-1, *[1] * (w.dim() - 1))
+            w.data.copy_((unpack_signs(tensors[f"signs.{k}"], tuple(w.shape)).double() * column).to(w.dtype))
+            net.fixed_scales[k] = alpha.mean()
+            if net.learns_scale(k):
+                net.channel_scales[k].data.copy_(alpha.to(w.dtype))
         else:
             w.data.copy_(tensors[f"weight.{k}"].to(w.dtype))
+            if net.learns_scale(k):
+                net.channel_scales[k].data.copy_(tensors[f"channel_scale.{k}"].to(w.dtype))
     if "fixed_scales" in tensors and not packed:
         net.fixed_scales.copy_(tensors["fixed_scales"].double())
 

@@ -28,6 +28,26 @@ def binarise(w: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     return torch.where(w >= 0, alpha, -alpha).to(w.dtype)
 
 
+BINARY_SCALES = ("mean_abs", "fixed", "channel")
+
+
+def scale_directions(net: "Network", directions: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Update directions of the learnt scales ``α_lj`` of ``binary_scale = "channel"``, in the order of
+    :meth:`Network.trainables` after the weights.
+
+    The forward weight of such a layer is ``W_ij = α_j · sign(w_ij)``; the rule's direction
+    ``d_ij`` for the layer (what it would apply to ``W_ij``, and applies to the real ``w_ij``)
+    moves ``α_j`` by the chain rule through ``W``: ``Σ_i sign(w_ij) · d_ij``. The projection is
+    local to the layer and needs no further backward pass.
+    """
+    out = []
+    for k, (w, d) in enumerate(zip(net.weights, directions)):
+        if net.learns_scale(k):
+            signs = torch.where(w >= 0, 1.0, -1.0).to(d.dtype)
+            out.append((signs * d).flatten(1).sum(1))
+    return out
+
+
 def per_layer(value: Any, count: int, name: str, cast: Callable[[Any], Any] = float) -> list:
     """Broadcast a scalar to ``count`` weighted layers, or check a list has that length (values passed through ``cast``)."""
     if isinstance(value, (list, tuple)):
@@ -89,7 +109,14 @@ class Network(nn.Module):
         binary_scale: ``"mean_abs"`` — ``α_l = mean |w_l|``, following the real weights
             as they learn (as XNOR-Net and BS4NN-style scaled binary layers do); or
             ``"fixed"`` — ``α_l`` is set at initialisation and never changes, which is the
-            same network as ``α = 1`` with the threshold divided by ``α_l``.
+            same network as ``α = 1`` with the threshold divided by ``α_l``; or
+            ``"channel"`` — one ``α_lj`` per output neuron (per output channel of a
+            convolution), set at initialisation to the layer's ``α_l`` and then learnt by
+            the rule: the forward weight is ``W_ij = α_lj · sign(w_ij)``, so the update of
+            ``α_lj`` is the rule's update of ``W_ij`` projected on the signs,
+            ``Σ_i sign(w_ij) ΔW_ij`` (:func:`scale_directions`). It gives each binary
+            neuron the gain that a real-valued one learns through its weight magnitudes,
+            which is the same as a learnt threshold ``θ_l / α_lj`` per neuron.
         bias: every weighted layer also gets an input spike at ``t = 0`` with a trainable
             weight per neuron (per output channel for a convolution), see :meth:`layer_operands`.
     """
@@ -130,11 +157,18 @@ class Network(nn.Module):
         if self.bias and any(self.binary):
             raise ConfigError("model.bias = true needs real-valued layers: a binary layer would keep only the bias weight's sign; "
                               "set model.binary = false or model.bias = false")
-        if binary_scale not in ("mean_abs", "fixed"):
-            raise ConfigError(f"binary_scale: {binary_scale!r} is not one of 'mean_abs', 'fixed'")
+        if binary_scale not in BINARY_SCALES:
+            raise ConfigError(f"binary_scale: {binary_scale!r} is not one of {', '.join(map(repr, BINARY_SCALES))}")
         self.binary_scale = binary_scale
-        #: ``α_l`` of the ``"fixed"`` scale (float64 scalars; unused for real layers)
+        #: ``α_l`` of the ``"fixed"`` scale, and the initial ``α_l`` of the ``"channel"`` scale
+        #: (float64 scalars; unused for real layers)
         self.register_buffer("fixed_scales", torch.ones(len(self.weighted), dtype=torch.float64))
+        #: the learnt ``α_lj`` of the ``"channel"`` scale, one per output neuron of each binary
+        #: layer (empty for real layers and for the other scale options)
+        self.channel_scales = nn.ParameterList(
+            nn.Parameter(torch.ones(w.shape[0] if self.learns_scale(k) else 0, dtype=w.dtype), requires_grad=False)
+            for k, w in enumerate(self.weights)
+        )
 
     @property
     def num_classes(self) -> int:
@@ -146,15 +180,27 @@ class Network(nn.Module):
         w = self.weights[k]
         return binarise(w, self.scale(k)) if self.binary[k] else w
 
+    def learns_scale(self, k: int) -> bool:
+        """Whether weighted layer ``k`` is binary with a learnt ``α`` per output neuron (``binary_scale = "channel"``)."""
+        return self.binary[k] and self.binary_scale == "channel"
+
     def scale(self, k: int) -> torch.Tensor:
-        """``α`` of weighted layer ``k`` (float64 scalar): ``mean |w|``, or the fixed value.
+        """``α`` of weighted layer ``k`` in float64: ``mean |w|`` or the fixed value (scalars), or
+        the learnt ``α_j`` shaped ``(units, 1, …)`` to broadcast over the layer's weights.
 
         The mean is taken in float64, so a layer whose weights all have the same
         magnitude (a binary model loaded from its packed signs) gets exactly that value.
         """
+        if self.binary_scale == "channel":
+            w = self.weights[k]
+            return self.channel_scales[k].detach().double().reshape(-1, *[1] * (w.dim() - 1))
         if self.binary_scale == "fixed":
             return self.fixed_scales[k]
         return self.weights[k].detach().double().abs().mean()
+
+    def trainables(self) -> list[torch.Tensor]:
+        """Every tensor the optimiser moves: the weights, then the learnt scales of the ``"channel"`` option."""
+        return [*self.weights, *(s for k, s in enumerate(self.channel_scales) if self.learns_scale(k))]
 
     def threshold_of(self, layer_index: int) -> float:
         return self.thresholds[self.weighted.index(layer_index)]
@@ -321,6 +367,7 @@ class Network(nn.Module):
                     # real weights with mean |w| = scale, so α·sign(w) is the calibrated binary layer
                     self.weights[k].copy_(w * (scale / w.abs().mean()))
                     self.fixed_scales[k] = self.weights[k].double().abs().mean()
+                    self.channel_scales[k].fill_(float(self.fixed_scales[k]))
                 else:
                     self.weights[k].copy_(w * scale)
             t, _ = self.layer_forward(i, t)

@@ -38,7 +38,7 @@ from .distributed import SINGLE, Context
 from .dropout import dropout_masks
 from .errors import ModelFileError, StidiError
 from .io import atomic_write, build_network, load_tensors, network_tensors, restore_weights, save_model, save_tensors, sidecar
-from .network import Network, Trace, per_layer
+from .network import Network, Trace, per_layer, scale_directions
 from .stidi_bp import RuleOptions, finish_directions, idle_sums, update_sums
 
 Log = Callable[[str], None]
@@ -154,7 +154,9 @@ def learning_rate(base: float, epoch: int, epochs: int, schedule: str) -> float:
 
 
 def make_optimizer(net: Network, config: Config, lr_scale: list[float]) -> torch.optim.Optimizer:
-    """One parameter group per weighted layer, with step size ``lr × lr_scale`` (the layer's initial weight std).
+    """One parameter group per weighted layer, with step size ``lr × lr_scale`` (the layer's initial weight std),
+    then one per learnt scale of ``binary_scale = "channel"`` (:meth:`Network.trainables`), whose
+    ``lr_scale`` is the layer's initial ``α`` and which is never decayed.
 
     ``train.weight_decay = λ`` is decoupled from the update direction: every step also
     shrinks ``w ← w − η_l λ w`` (AdamW's decay; for SGD the same thing), so it is the same
@@ -163,8 +165,10 @@ def make_optimizer(net: Network, config: Config, lr_scale: list[float]) -> torch
     """
     lrs = per_layer(config.train.lr, len(net.weights), "train.lr")
     decays = per_layer(config.train.weight_decay, len(net.weights), "train.weight_decay")
+    learnt = [k for k in range(len(net.weights)) if net.learns_scale(k)]
+    lrs, decays = lrs + [lrs[k] for k in learnt], decays + [0.0] * len(learnt)
     groups = [{"params": [w], "lr": lr * s, "base_lr": lr * s, "weight_decay": decay}
-              for w, lr, s, decay in zip(net.weights, lrs, lr_scale, decays)]
+              for w, lr, s, decay in zip(net.trainables(), lrs, lr_scale, decays, strict=True)]
     if config.train.optimizer == "adam":
         return torch.optim.Adam(groups, decoupled_weight_decay=True)
     return torch.optim.SGD(groups)
@@ -178,12 +182,13 @@ def clip_binary_weights(net: Network, c: float) -> None:
     drifted far from 0 no longer changes anything: it would take as many steps to flip
     its sign as it took to get there. Clipping keeps every real weight within ``c``
     scales of 0 (BinaryConnect clips to ±1 for the same reason). Real-valued layers are
-    left alone. With ``binary_scale = "mean_abs"`` the bound is taken before clipping.
+    left alone. With ``binary_scale = "mean_abs"`` the bound is taken before clipping; with
+    ``"channel"`` each output neuron's weights are clipped to ``±c α_j`` of its own scale.
     """
     for k, w in enumerate(net.weights):
         if net.binary[k]:
-            bound = float(c * net.scale(k))
-            w.clamp_(-bound, bound)
+            bound = (c * net.scale(k)).to(w.dtype)
+            w.copy_(torch.maximum(torch.minimum(w, bound), -bound))
 
 
 def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
@@ -218,12 +223,15 @@ def _first_non_finite(net: Network, directions: list[torch.Tensor], trace_times:
     for i, t in enumerate(trace_times[1:]):
         if torch.isnan(t).any():
             return f"spike times of layer {i + 1} ('{net.layers[i].token}') contain NaN"
-    for k, (w, g) in enumerate(zip(net.weights, directions)):
+    learnt = [k for k in range(len(net.weights)) if net.learns_scale(k)]
+    for n, (w, g) in enumerate(zip(net.trainables(), directions)):
+        k = n if n < len(net.weights) else learnt[n - len(net.weights)]
+        what = "weights" if n < len(net.weights) else "learnt scales"
         token = net.layers[net.weighted[k]].token
         if not torch.isfinite(g).all():
-            return f"update of weighted layer {k + 1} ('{token}') is not finite"
+            return f"update of the {what} of weighted layer {k + 1} ('{token}') is not finite"
         if not torch.isfinite(w).all():
-            return f"weights of weighted layer {k + 1} ('{token}') are not finite"
+            return f"{what} of weighted layer {k + 1} ('{token}') are not finite"
     return None
 
 
@@ -296,16 +304,17 @@ class Trainer:
 
     def _start_average(self) -> None:
         if self.t.weight_average > 0:
-            self.average = [w.detach().clone() for w in self.net.weights]
+            self.average = [w.detach().clone() for w in self.net.trainables()]
 
     def evaluated_weights(self):
         """Context in which the network holds the weights that are evaluated and saved (the average, if kept)."""
-        return weights_swapped(self.net.weights, self.average)
+        return weights_swapped(self.net.trainables(), self.average)
 
     # -- state -------------------------------------------------------------------------
     def start_fresh(self) -> None:
         fired = initialise(self.net, self.config, self.train_set)
         self.lr_scale = [float(w.std()) for w in self.net.weights]
+        self.lr_scale += [float(self.net.fixed_scales[k]) for k in range(len(self.net.weights)) if self.net.learns_scale(k)]
         self.opt = make_optimizer(self.net, self.config, self.lr_scale)
         self._start_average()
         self.log(f"initialised {self.config.model.network}: firing fraction per weighted layer {[round(f, 3) for f in fired]}")
@@ -329,7 +338,7 @@ class Trainer:
         self.opt = make_optimizer(self.net, self.config, self.lr_scale)
         _restore_optimizer(self.opt, tensors, info["optimizer_groups"])
         if self.t.weight_average > 0:
-            self.average = [tensors[f"average.{k}"].clone() for k in range(len(self.net.weights))]
+            self.average = [tensors[f"average.{k}"].clone() for k in range(len(self.net.trainables()))]
         where = f"step {self.partial['step']} of epoch {self.partial['epoch'] + 1}" if self.partial else f"epoch {len(self.history)}"
         self.log(f"resuming from {self.ckpt.current} after {where}")
         if self.history and not self.partial:
@@ -398,6 +407,7 @@ class Trainer:
             asked = self.stop_signal  # with several ranks a later signal counts at the next step, on every rank
             sums, hits, agreed = self.dist.reduce_step(sums, trace.times, hits, asked is not None, where)
             directions = finish_directions(net, sums, self.rule, len(idx))
+            directions += scale_directions(net, directions)  # the learnt scales of binary_scale = "channel", if any
             correct += hits
             self._step(directions, trace, epoch, step)
             done = step + 1
@@ -443,19 +453,19 @@ class Trainer:
         """Apply one optimiser step; on a non-finite value keep (and checkpoint) the state before it."""
         problem = _first_non_finite(self.net, directions, trace.times)
         if problem is None:
-            before = ([w.detach().clone() for w in self.net.weights], copy.deepcopy(self.opt.state_dict()))
-            for w, g in zip(self.net.weights, directions):
+            before = ([w.detach().clone() for w in self.net.trainables()], copy.deepcopy(self.opt.state_dict()))
+            for w, g in zip(self.net.trainables(), directions, strict=True):
                 w.grad = g
             self.opt.step()
             if self.t.binary_clip:
                 clip_binary_weights(self.net, self.t.binary_clip)
             problem = _first_non_finite(self.net, directions, trace.times)
             if problem is not None:
-                assign(self.net.weights, before[0])
+                assign(self.net.trainables(), before[0])
                 self.opt.load_state_dict(before[1])
             elif self.average is not None:  # n counts the steps of the run: the ramp of the average's decay
                 n = epoch * math.ceil(len(self.train_set) / self.t.batch_size) + step
-                update_average(self.average, self.net.weights, self.t.weight_average, n)
+                update_average(self.average, self.net.trainables(), self.t.weight_average, n)
         if problem is not None:
             self.save_checkpoint()
             raise NonFiniteError(f"epoch {epoch + 1}, step {step + 1}: {problem}; stopped with the last good "
@@ -538,7 +548,7 @@ def train(
                 trainer.share_initial_state()
         history = trainer.run()
         if trainer.average is not None:  # the returned network is the one that was evaluated and saved
-            assign(trainer.net.weights, trainer.average)
+            assign(trainer.net.trainables(), trainer.average)
         return trainer.net, history
     finally:
         distributed.shutdown(dist)
