@@ -23,15 +23,17 @@ ROOT = Path(__file__).resolve().parents[1]
 QUANTILES = (0.5, 0.9, 0.99)
 
 
-def layer_drift(w, alpha: float) -> dict:
-    """Quantiles and maximum of ``|w| / α`` for one layer, and the share beyond 3 α."""
+def layer_drift(w, alpha) -> dict:
+    """Quantiles and maximum of ``|w| / α`` for one layer, and the share beyond 3 α (``α`` one number,
+    or with ``binary_scale = "channel"`` a column of one per output neuron, reported as their mean)."""
     import torch
 
+    alpha = torch.as_tensor(alpha, dtype=torch.float64)
     ratio = (w.detach().double().abs() / alpha).flatten()
     q = torch.quantile(ratio, torch.tensor(QUANTILES, dtype=torch.float64)).tolist()
     return {**{f"q{round(p * 100)}": round(v, 2) for p, v in zip(QUANTILES, q)},
             "max": round(float(ratio.max()), 2), "beyond_3_alpha": round(float((ratio > 3 * (1 + 1e-6)).double().mean()), 4),  # float32 w at exactly 3α rounds either way
-            "alpha": alpha}
+            "alpha": float(alpha.mean())}
 
 
 def main() -> int:
@@ -60,7 +62,7 @@ def main() -> int:
         if not any(net.binary):
             print(f"binary_drift: {path}: run '{name}' has no binary layer", file=sys.stderr)
             return 1
-        layers = {f"weighted layer {k} ({net.layers[i].token})": layer_drift(net.weights[k], float(net.scale(k)))
+        layers = {f"weighted layer {k} ({net.layers[i].token})": layer_drift(net.weights[k], net.scale(k))
                   for k, i in enumerate(net.weighted) if net.binary[k]}
         report["runs"][args.key or name] = {"checkpoint": str(path.relative_to(ROOT)), "trained_at": trained_at.get(name),
                                 "network": config.model.network,
