@@ -131,6 +131,18 @@ def test_two_processes_apply_the_update_of_one(one_process, two_processes):
     assert result.stdout.count("test accuracy") == 1, "only rank 0 reports"
 
 
+def test_two_processes_learn_the_same_binary_channel_scales_as_one(tmp_path):
+    """The learnt scales of ``binary_scale = "channel"`` follow from the reduced directions, so the ranks agree."""
+    extra = ("--binary", "--binary-scale", "channel", "--binary-clip", "3", "--epochs", "1")
+    _run(_single(tmp_path / "one", "--threads", "2", *extra), {**ENV, "NUMBA_NUM_THREADS": "2", "OMP_NUM_THREADS": "2"})
+    _run(_torchrun(tmp_path / "two", *extra))
+    single, double = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
+    assert single["scale.0"].shape == (4,) and single.keys() == double.keys()
+    for key in single:
+        assert torch.equal(double[key], single[key]), key
+    assert _metrics(tmp_path / "one") == _metrics(tmp_path / "two")
+
+
 def _rank_pids(agent: int) -> dict[int, int]:
     """``{rank: pid}`` of the worker processes torchrun's agent ``agent`` started."""
     ranks = {}
