@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from stidi.config import ConfigError, load_config
 from stidi.io import build_network, load_model, save_model
 from stidi.network import Network, scale_directions
-from stidi.train import TrainingInterrupted, clip_binary_weights, train
+from stidi.train import SCALE_FLOOR, TrainingInterrupted, clip_binary_weights, floor_channel_scales, make_optimizer, train
 from tests.checkpoint_wait import stop_after_step
 
 
@@ -135,5 +135,24 @@ def test_the_option_is_checked_and_reaches_the_configuration() -> None:
         load_config(None, {"model": {"binary_scale": "per_channel"}})
     with pytest.raises(ConfigError, match="channel"):
         Network("4C5-P2-10", (1, 12, 12), T=32, binary=True, binary_scale="per_channel")
-    args = build_parser().parse_args(["train", "--binary", "--binary-scale", "channel"])
-    assert _overrides(args)["model"]["binary_scale"] == "channel"
+    args = build_parser().parse_args(["train", "--binary", "--binary-scale", "channel", "--binary-scale-lr", "0.5"])
+    assert _overrides(args)["model"]["binary_scale"] == "channel" and _overrides(args)["train"]["binary_scale_lr"] == 0.5
+    with pytest.raises(ConfigError, match="binary_scale_lr"):
+        load_config(None, {"train": {"binary_scale_lr": 0}})
+
+
+def test_the_scales_step_at_a_fraction_of_their_layers_rate_and_stay_above_the_floor() -> None:
+    net, _ = _net("channel")
+    config = load_config(None, {"model": {"network": "4C5-P2-12-10", "input_shape": [1, 12, 12], "binary": True,
+                                          "binary_scale": "channel"}, "train": {"lr": [0.01, 0.02, 0.03], "binary_scale_lr": 0.25}})
+    lr_scale = [1.0] * 3 + [float(a) for a in net.fixed_scales]
+    opt = make_optimizer(net, config, lr_scale)
+    lrs = [g["lr"] for g in opt.param_groups]
+    assert lrs[:3] == [0.01, 0.02, 0.03]
+    assert lrs[3:] == pytest.approx([0.25 * lr * float(a) for lr, a in zip([0.01, 0.02, 0.03], net.fixed_scales)])
+    assert all(g["weight_decay"] == 0 for g in opt.param_groups[3:])
+    with torch.no_grad():
+        net.channel_scales[1].fill_(-1.0)
+    floor_channel_scales(net)
+    assert torch.allclose(net.channel_scales[1], torch.full_like(net.channel_scales[1], SCALE_FLOOR * float(net.fixed_scales[1])))
+    assert torch.equal(net.channel_scales[0], torch.full_like(net.channel_scales[0], float(net.fixed_scales[0])))

@@ -156,7 +156,8 @@ def learning_rate(base: float, epoch: int, epochs: int, schedule: str) -> float:
 def make_optimizer(net: Network, config: Config, lr_scale: list[float]) -> torch.optim.Optimizer:
     """One parameter group per weighted layer, with step size ``lr × lr_scale`` (the layer's initial weight std),
     then one per learnt scale of ``binary_scale = "channel"`` (:meth:`Network.trainables`), whose
-    ``lr_scale`` is the layer's initial ``α`` and which is never decayed.
+    ``lr_scale`` is the layer's initial ``α``, whose learning rate is ``train.binary_scale_lr`` times
+    the layer's, and which is never decayed.
 
     ``train.weight_decay = λ`` is decoupled from the update direction: every step also
     shrinks ``w ← w − η_l λ w`` (AdamW's decay; for SGD the same thing), so it is the same
@@ -166,7 +167,8 @@ def make_optimizer(net: Network, config: Config, lr_scale: list[float]) -> torch
     lrs = per_layer(config.train.lr, len(net.weights), "train.lr")
     decays = per_layer(config.train.weight_decay, len(net.weights), "train.weight_decay")
     learnt = [k for k in range(len(net.weights)) if net.learns_scale(k)]
-    lrs, decays = lrs + [lrs[k] for k in learnt], decays + [0.0] * len(learnt)
+    lrs = lrs + [lrs[k] * config.train.binary_scale_lr for k in learnt]
+    decays = decays + [0.0] * len(learnt)
     groups = [{"params": [w], "lr": lr * s, "base_lr": lr * s, "weight_decay": decay}
               for w, lr, s, decay in zip(net.trainables(), lrs, lr_scale, decays, strict=True)]
     if config.train.optimizer == "adam":
@@ -189,6 +191,18 @@ def clip_binary_weights(net: Network, c: float) -> None:
         if net.binary[k]:
             bound = (c * net.scale(k)).to(w.dtype)
             w.copy_(torch.maximum(torch.minimum(w, bound), -bound))
+
+
+SCALE_FLOOR = 0.01
+
+
+@torch.no_grad()
+def floor_channel_scales(net: Network) -> None:
+    """Keep every learnt scale ``α_j`` of ``binary_scale = "channel"`` at ``≥ SCALE_FLOOR`` times its
+    layer's initial ``α``: a step may not make a neuron's forward weights vanish or flip all their signs."""
+    for k, s in enumerate(net.channel_scales):
+        if net.learns_scale(k):
+            s.clamp_(min=SCALE_FLOOR * float(net.fixed_scales[k]))
 
 
 def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
@@ -457,6 +471,7 @@ class Trainer:
             for w, g in zip(self.net.trainables(), directions, strict=True):
                 w.grad = g
             self.opt.step()
+            floor_channel_scales(self.net)
             if self.t.binary_clip:
                 clip_binary_weights(self.net, self.t.binary_clip)
             problem = _first_non_finite(self.net, directions, trace.times)
