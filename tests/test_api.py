@@ -123,3 +123,23 @@ def test_binary_network_saves_and_exports_its_forward_weights(tmp_path):
     assert len(np.unique(np.abs(conv))) == 1  # α · sign(w): one magnitude
     assert int(graph.nodes["1_4C5_conv"].metadata["binary"]) == 1
     assert float(graph.nodes["1_4C5_conv"].metadata["alpha"]) == pytest.approx(float(np.abs(conv).max()))
+
+
+def test_learnt_channel_scales_save_and_export_one_alpha_per_channel(tmp_path):
+    import nir
+
+    from stidi.export_nir import export_nir
+
+    x, _ = patterns(64, 2)
+    net = st.build("4C5-P2-3", (3, 16, 16), T=32, binary=True, binary_scale="channel")
+    net.initialise(st.encode(net, x), 0.3, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        net.channel_scales[0].mul_(torch.tensor([0.5, 1.0, 1.5, 2.0]))
+    st.save(tmp_path / "bin", net)
+    again = st.load(tmp_path / "bin.safetensors")
+    assert again.binary_scale == "channel"
+    assert torch.equal(st.predict(again, x).output_times, st.predict(net, x).output_times)
+    export_nir(net, tmp_path / "bin.nir")
+    alpha = nir.read(str(tmp_path / "bin.nir")).nodes["1_4C5_conv"].metadata["alpha"]
+    assert list(np.asarray(alpha, dtype=float)) == pytest.approx(net.channel_scales[0].double().tolist())
+    assert len(alpha) == 4

@@ -33,12 +33,12 @@ from .network import Network
 POOL_THRESHOLD = 0.5
 
 
-
 def _alpha(w: np.ndarray) -> float | list[float]:
     """``α`` of a binary layer's forward weights ``α · sign(w)``: one number, or one per output
     neuron/channel when they differ (``binary_scale = "channel"``)."""
     per_unit = np.abs(w).reshape(w.shape[0], -1).max(axis=1)
     return float(per_unit[0]) if np.all(per_unit == per_unit[0]) else [float(a) for a in per_unit]
+
 
 def _nir():
     from .inputs import require

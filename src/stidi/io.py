@@ -118,7 +118,7 @@ def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
 def network_tensors(net: Network) -> dict[str, torch.Tensor]:
     """Everything that defines a network's state: real weights, the fixed binary scales and the learnt ones."""
     return {**{f"weight.{k}": w.data for k, w in enumerate(net.weights)}, "fixed_scales": net.fixed_scales,
-            **{f"channel_scale.{k}": s.data for k, s in enumerate(net.channel_scales) if net.learns_scale(k)}}
+            **{f"channel_scale.{k}": net.channel_scales[k].data for k in net.scale_layers}}
 
 
 def pack_signs(w: torch.Tensor) -> torch.Tensor:

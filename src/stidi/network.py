@@ -41,10 +41,9 @@ def scale_directions(net: "Network", directions: list[torch.Tensor]) -> list[tor
     local to the layer and needs no further backward pass.
     """
     out = []
-    for k, (w, d) in enumerate(zip(net.weights, directions)):
-        if net.learns_scale(k):
-            signs = torch.where(w >= 0, 1.0, -1.0).to(d.dtype)
-            out.append((signs * d).flatten(1).sum(1))
+    for k in net.scale_layers:
+        signs = torch.where(net.weights[k] >= 0, 1.0, -1.0).to(directions[k].dtype)
+        out.append((signs * directions[k]).flatten(1).sum(1))
     return out
 
 
@@ -198,9 +197,14 @@ class Network(nn.Module):
             return self.fixed_scales[k]
         return self.weights[k].detach().double().abs().mean()
 
+    @property
+    def scale_layers(self) -> list[int]:
+        """Weighted layers (0-based) whose scales are learnt (:meth:`learns_scale`), in order."""
+        return [k for k in range(len(self.weights)) if self.learns_scale(k)]
+
     def trainables(self) -> list[torch.Tensor]:
-        """Every tensor the optimiser moves: the weights, then the learnt scales of the ``"channel"`` option."""
-        return [*self.weights, *(s for k, s in enumerate(self.channel_scales) if self.learns_scale(k))]
+        """Every tensor the optimiser moves: the weights, then the learnt scales of :attr:`scale_layers`."""
+        return [*self.weights, *(self.channel_scales[k] for k in self.scale_layers)]
 
     def threshold_of(self, layer_index: int) -> float:
         return self.thresholds[self.weighted.index(layer_index)]

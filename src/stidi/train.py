@@ -166,9 +166,8 @@ def make_optimizer(net: Network, config: Config, lr_scale: list[float]) -> torch
     """
     lrs = per_layer(config.train.lr, len(net.weights), "train.lr")
     decays = per_layer(config.train.weight_decay, len(net.weights), "train.weight_decay")
-    learnt = [k for k in range(len(net.weights)) if net.learns_scale(k)]
-    lrs = lrs + [lrs[k] * config.train.binary_scale_lr for k in learnt]
-    decays = decays + [0.0] * len(learnt)
+    lrs = lrs + [lrs[k] * config.train.binary_scale_lr for k in net.scale_layers]
+    decays = decays + [0.0] * len(net.scale_layers)
     groups = [{"params": [w], "lr": lr * s, "base_lr": lr * s, "weight_decay": decay}
               for w, lr, s, decay in zip(net.trainables(), lrs, lr_scale, decays, strict=True)]
     if config.train.optimizer == "adam":
@@ -200,9 +199,8 @@ SCALE_FLOOR = 0.01
 def floor_channel_scales(net: Network) -> None:
     """Keep every learnt scale ``α_j`` of ``binary_scale = "channel"`` at ``≥ SCALE_FLOOR`` times its
     layer's initial ``α``: a step may not make a neuron's forward weights vanish or flip all their signs."""
-    for k, s in enumerate(net.channel_scales):
-        if net.learns_scale(k):
-            s.clamp_(min=SCALE_FLOOR * float(net.fixed_scales[k]))
+    for k in net.scale_layers:
+        net.channel_scales[k].clamp_(min=SCALE_FLOOR * float(net.fixed_scales[k]))
 
 
 def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
@@ -237,9 +235,9 @@ def _first_non_finite(net: Network, directions: list[torch.Tensor], trace_times:
     for i, t in enumerate(trace_times[1:]):
         if torch.isnan(t).any():
             return f"spike times of layer {i + 1} ('{net.layers[i].token}') contain NaN"
-    learnt = [k for k in range(len(net.weights)) if net.learns_scale(k)]
+    layers = list(range(len(net.weights))) + net.scale_layers  # the weighted layer of each trainable tensor
     for n, (w, g) in enumerate(zip(net.trainables(), directions)):
-        k = n if n < len(net.weights) else learnt[n - len(net.weights)]
+        k = layers[n]
         what = "weights" if n < len(net.weights) else "learnt scales"
         token = net.layers[net.weighted[k]].token
         if not torch.isfinite(g).all():
@@ -328,7 +326,7 @@ class Trainer:
     def start_fresh(self) -> None:
         fired = initialise(self.net, self.config, self.train_set)
         self.lr_scale = [float(w.std()) for w in self.net.weights]
-        self.lr_scale += [float(self.net.fixed_scales[k]) for k in range(len(self.net.weights)) if self.net.learns_scale(k)]
+        self.lr_scale += [float(self.net.fixed_scales[k]) for k in self.net.scale_layers]
         self.opt = make_optimizer(self.net, self.config, self.lr_scale)
         self._start_average()
         self.log(f"initialised {self.config.model.network}: firing fraction per weighted layer {[round(f, 3) for f in fired]}")
