@@ -156,3 +156,18 @@ def test_the_scales_step_at_a_fraction_of_their_layers_rate_and_stay_above_the_f
     floor_channel_scales(net)
     assert torch.allclose(net.channel_scales[1], torch.full_like(net.channel_scales[1], SCALE_FLOOR * float(net.fixed_scales[1])))
     assert torch.equal(net.channel_scales[0], torch.full_like(net.channel_scales[0], float(net.fixed_scales[0])))
+
+
+def test_a_non_finite_scale_update_is_named() -> None:
+    from stidi.train import _first_non_finite
+
+    net, t_in = _net("channel")
+    directions = [torch.zeros_like(w) for w in net.trainables()]
+    directions[4][0] = float("nan")  # the scales of weighted layer 2
+    assert _first_non_finite(net, directions, net.trace(t_in).times) == \
+        "update of the learnt scales of weighted layer 2 ('12') is not finite"
+    directions[4][0] = 0.0
+    with torch.no_grad():
+        net.channel_scales[2][1] = float("inf")
+    assert _first_non_finite(net, directions, net.trace(t_in).times) == \
+        "the learnt scales of weighted layer 3 ('10') are not finite"

@@ -238,12 +238,12 @@ def _first_non_finite(net: Network, directions: list[torch.Tensor], trace_times:
     layers = list(range(len(net.weights))) + net.scale_layers  # the weighted layer of each trainable tensor
     for n, (w, g) in enumerate(zip(net.trainables(), directions)):
         k = layers[n]
-        what = "weights" if n < len(net.weights) else "learnt scales"
+        what = "" if n < len(net.weights) else "the learnt scales of "
         token = net.layers[net.weighted[k]].token
         if not torch.isfinite(g).all():
-            return f"update of the {what} of weighted layer {k + 1} ('{token}') is not finite"
+            return f"update of {what}weighted layer {k + 1} ('{token}') is not finite"
         if not torch.isfinite(w).all():
-            return f"{what} of weighted layer {k + 1} ('{token}') are not finite"
+            return f"{what or 'weights of '}weighted layer {k + 1} ('{token}') are not finite"
     return None
 
 
