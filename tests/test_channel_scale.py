@@ -138,18 +138,22 @@ def test_the_option_is_checked_and_reaches_the_configuration() -> None:
     args = build_parser().parse_args(["train", "--binary", "--binary-scale", "channel", "--binary-scale-lr", "0.5"])
     assert _overrides(args)["model"]["binary_scale"] == "channel" and _overrides(args)["train"]["binary_scale_lr"] == 0.5
     with pytest.raises(ConfigError, match="binary_scale_lr"):
-        load_config(None, {"train": {"binary_scale_lr": 0}})
+        load_config(None, {"train": {"binary_scale_lr": -0.1}})
+    net, _ = _net("channel")
+    with pytest.raises(ConfigError, match="binary_scale_lr: got 2 values for 3 weighted layers"):
+        make_optimizer(net, load_config(None, {"train": {"binary_scale_lr": [0.1, 0.1]}}), [1.0] * 6)
 
 
 def test_the_scales_step_at_a_fraction_of_their_layers_rate_and_stay_above_the_floor() -> None:
     net, _ = _net("channel")
     config = load_config(None, {"model": {"network": "4C5-P2-12-10", "input_shape": [1, 12, 12], "binary": True,
-                                          "binary_scale": "channel"}, "train": {"lr": [0.01, 0.02, 0.03], "binary_scale_lr": 0.25}})
+                                          "binary_scale": "channel"},
+                                "train": {"lr": [0.01, 0.02, 0.03], "binary_scale_lr": [0.25, 0.5, 0.0]}})
     lr_scale = [1.0] * 3 + [float(a) for a in net.fixed_scales]
     opt = make_optimizer(net, config, lr_scale)
     lrs = [g["lr"] for g in opt.param_groups]
     assert lrs[:3] == [0.01, 0.02, 0.03]
-    assert lrs[3:] == pytest.approx([0.25 * lr * float(a) for lr, a in zip([0.01, 0.02, 0.03], net.fixed_scales)])
+    assert lrs[3:] == pytest.approx([f * lr * float(a) for f, lr, a in zip([0.25, 0.5, 0.0], [0.01, 0.02, 0.03], net.fixed_scales)])
     assert all(g["weight_decay"] == 0 for g in opt.param_groups[3:])
     with torch.no_grad():
         net.channel_scales[1].fill_(-1.0)

@@ -104,7 +104,7 @@ class TrainConfig:
     lr_schedule: str = _field("cosine", one_of("constant", "cosine"), "learning-rate schedule over the epochs")
     weight_decay: float | list = _field(0.0, each(NON_NEGATIVE), "λ per weighted layer: decoupled weight decay, w ← w − η_l λ w after every step, η_l the layer's step size (0: none)")
     dropout: float | list = _field(0.0, each((lambda v: 0 <= v < 1, "a number in [0, 1)")), "p per weighted layer: while training, silence each neuron of that layer with probability p for each image and scale the next layer's forward weights by 1/(1 − p) (inverted dropout; the output layer's must be 0; 0: none)")
-    binary_scale_lr: float = _field(0.1, POSITIVE, "learning rate of the learnt scales of model.binary_scale = 'channel', as a fraction of their layer's (relative to its initial α); after every step each scale is also kept ≥ 1 % of its layer's initial α")
+    binary_scale_lr: float | list = _field(0.1, each(NON_NEGATIVE), "learning rate of the learnt scales of model.binary_scale = 'channel', as a fraction of their layer's (relative to its initial α), one value or one per weighted layer (0: that layer's scales stay at their initial α); after every step each scale is also kept ≥ 1 % of its layer's initial α")
     binary_clip: float = _field(0.0, (lambda v: v == 0 or v >= 1, "0 (no clipping) or a number ≥ 1"), "c: after every step, clip the real weights of each binary layer to [−c α_l, c α_l], so their signs can still flip (0: no clipping)")
     train_limit: int = _field(0, NON_NEGATIVE, "use only the first N training images (0: all)")
     test_limit: int = _field(0, NON_NEGATIVE, "evaluate on the first N test images (0: all)")

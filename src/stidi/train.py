@@ -166,7 +166,8 @@ def make_optimizer(net: Network, config: Config, lr_scale: list[float]) -> torch
     """
     lrs = per_layer(config.train.lr, len(net.weights), "train.lr")
     decays = per_layer(config.train.weight_decay, len(net.weights), "train.weight_decay")
-    lrs = lrs + [lrs[k] * config.train.binary_scale_lr for k in net.scale_layers]
+    scale_lrs = per_layer(config.train.binary_scale_lr, len(net.weights), "train.binary_scale_lr")
+    lrs = lrs + [lrs[k] * scale_lrs[k] for k in net.scale_layers]
     decays = decays + [0.0] * len(net.scale_layers)
     groups = [{"params": [w], "lr": lr * s, "base_lr": lr * s, "weight_decay": decay}
               for w, lr, s, decay in zip(net.trainables(), lrs, lr_scale, decays, strict=True)]
