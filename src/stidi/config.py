@@ -40,6 +40,10 @@ NON_NEGATIVE: Check = (lambda v: v >= 0, "a number ≥ 0")
 FRACTION: Check = (lambda v: 0 < v <= 1, "a number in (0, 1]")
 
 
+#: the options of ``model.binary_scale`` (also checked by :class:`stidi.network.Network`)
+BINARY_SCALES = ("mean_abs", "fixed", "channel")
+
+
 def one_of(*choices: str) -> Check:
     return (lambda v: v in choices, "one of " + ", ".join(repr(c) for c in choices))
 
@@ -71,7 +75,7 @@ class ModelConfig:
     init_firing_fraction: float | list = _field(0.3, each(FRACTION), "fraction of each weighted layer that fires before T after initialisation")
     binary: bool | list = _field(False, (lambda v: all(isinstance(x, bool) for x in v) if isinstance(v, list) else True, "true/false or a list of them"), "binary weights: forward with α·sign(w), the rule updates the real w (per weighted layer or one for all)")
     bias: bool = _field(False, None, "every weighted layer also sees an input spike at t = 0 whose weight (one per neuron, per output channel in a convolution) the rule learns: a drive or leak b·ε(t) added to the potential (real-valued layers only)")
-    binary_scale: str = _field("mean_abs", one_of("mean_abs", "fixed", "channel"), "α of a binary layer: mean |w| of the real weights ('mean_abs'), fixed at initialisation ('fixed'), or one α per output neuron or channel, set at initialisation and learnt by the rule ('channel')")
+    binary_scale: str = _field("mean_abs", one_of(*BINARY_SCALES), "α of a binary layer: mean |w| of the real weights ('mean_abs'), fixed at initialisation ('fixed'), or one α per output neuron or channel, set at initialisation and learnt by the rule ('channel')")
 
 
 @dataclass

@@ -17,6 +17,7 @@ from torch import nn
 
 from .dropout import DropMasks
 from .encoding import encode_images, encoded_shape
+from .config import BINARY_SCALES
 from .errors import ConfigError
 from . import kernels
 from .kernels import vectorised as engine
@@ -26,9 +27,6 @@ from .layers import Dense, Layer, Pool, parse_spec, shapes
 def binarise(w: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     """``α · sign(w)`` with ``sign(0) = +1``, in ``w``'s dtype: the forward weight of a binary layer."""
     return torch.where(w >= 0, alpha, -alpha).to(w.dtype)
-
-
-BINARY_SCALES = ("mean_abs", "fixed", "channel")
 
 
 def scale_directions(net: "Network", directions: list[torch.Tensor]) -> list[torch.Tensor]:
