@@ -40,7 +40,7 @@ def scale_directions(net: "Network", directions: list[torch.Tensor]) -> list[tor
     """
     out = []
     for k in net.scale_layers:
-        signs = torch.where(net.weights[k] >= 0, 1.0, -1.0).to(directions[k].dtype)
+        signs = binarise(net.weights[k], torch.ones((), dtype=torch.float64))  # sign(w), sign(0) = +1
         out.append((signs * directions[k]).flatten(1).sum(1))
     return out
 

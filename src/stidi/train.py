@@ -190,7 +190,7 @@ def clip_binary_weights(net: Network, c: float) -> None:
     for k, w in enumerate(net.weights):
         if net.binary[k]:
             bound = (c * net.scale(k)).to(w.dtype)
-            w.copy_(torch.maximum(torch.minimum(w, bound), -bound))
+            w.clamp_(-bound, bound)
 
 
 SCALE_FLOOR = 0.01
