@@ -3,6 +3,8 @@ the rule's projected update, clipping, the 1-bit model file and a resumable trai
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -140,8 +142,12 @@ def test_the_option_is_checked_and_reaches_the_configuration() -> None:
     with pytest.raises(ConfigError, match="binary_scale_lr"):
         load_config(None, {"train": {"binary_scale_lr": -0.1}})
     net, _ = _net("channel")
+    with pytest.raises(ConfigError, match="train.binary_scale_lr has 2 values for the 3 weighted layers"):
+        load_config(None, {"model": {"network": "4C5-P2-12-10", "input_shape": [1, 12, 12]}, "train": {"binary_scale_lr": [0.1, 0.1]}})
+    config = load_config(None, {})
+    config = replace(config, train=replace(config.train, binary_scale_lr=[0.1, 0.1]))
     with pytest.raises(ConfigError, match="binary_scale_lr: got 2 values for 3 weighted layers"):
-        make_optimizer(net, load_config(None, {"train": {"binary_scale_lr": [0.1, 0.1]}}), [1.0] * 6)
+        make_optimizer(net, config, [1.0] * 6)
 
 
 def test_the_scales_step_at_a_fraction_of_their_layers_rate_and_stay_above_the_floor() -> None:

@@ -82,3 +82,6 @@ def test_bad_input_gives_one_line_and_exit_2(tmp_path):
     assert proc.returncode == 2 and "no such model file" in proc.stderr
     proc = run_cli("train", "--network", "32C5-P2")
     assert proc.returncode == 2 and "last layer must be dense" in proc.stderr
+    proc = run_cli("train", "--network", "16C5-P2-10", "--lr", "0.01", "0.01", "0.01")
+    assert proc.returncode == 2 and "train.lr has 3 values for the 2 weighted layers" in proc.stderr
+    assert "Traceback" not in proc.stderr

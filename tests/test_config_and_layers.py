@@ -60,6 +60,21 @@ def test_bad_config_files_name_the_field(tmp_path, text, fragment):
         load_config(path)
 
 
+@pytest.mark.parametrize("section, name, values", [
+    ("model", "threshold", "[1.0, 1.0, 1.0]"), ("model", "binary", "[true, false, true]"),
+    ("model", "init_firing_fraction", "[0.3, 0.3, 0.3]"), ("train", "lr", "[0.01, 0.01, 0.01]"),
+    ("train", "weight_decay", "[0.0, 0.0, 0.0]"), ("train", "dropout", "[0.5, 0.0, 0.0]"),
+    ("train", "binary_scale_lr", "[0.1, 0.1, 0.1]"),
+])
+def test_a_per_layer_list_of_the_wrong_length_is_caught_when_the_file_is_read(tmp_path, section, name, values):
+    path = tmp_path / "run.toml"
+    tables = {"model": 'network = "16C5-P2-10"\n', "train": ""}
+    tables[section] += f"{name} = {values}\n"
+    path.write_text("".join(f"[{table}]\n{body}" for table, body in tables.items()))
+    with pytest.raises(ConfigError, match=rf"run.toml: {section}.{name} has 3 values for the 2 weighted layers of 16C5-P2-10"):
+        load_config(path)
+
+
 def test_ttfs_encoding():
     x = np.array([[0, 1, 128, 255]], dtype=np.uint8)
     t = ttfs_encode(x, 256)

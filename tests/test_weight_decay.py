@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -48,8 +50,14 @@ def test_a_decay_per_layer_shrinks_each_layer_by_its_own_lambda():
     assert torch.allclose(net.weights[1], before[1] * (1 - 0.6 * 0.5), rtol=1e-6, atol=0)
 
 
-def test_a_decay_list_of_the_wrong_length_names_the_field():
-    net, config = _net_and_config("adam", [0.1, 0.1, 0.1])
+def test_a_decay_list_of_the_wrong_length_names_the_field(tmp_path):
+    config_file = tmp_path / "run.toml"
+    config_file.write_text('[model]\nnetwork = "784-20-10"\ninput_shape = [784]\n[train]\nweight_decay = [0.1, 0.1, 0.1]\n')
+    with pytest.raises(ConfigError, match=r"run.toml: train.weight_decay has 3 values for the 2 weighted layers of 784-20-10"):
+        load_config(config_file)
+    # a Config built in code without load_config's checks is still caught when the optimiser is made
+    net, config = _net_and_config("adam", 0.1)
+    config = replace(config, train=replace(config.train, weight_decay=[0.1, 0.1, 0.1]))
     with pytest.raises(ConfigError, match=r"train.weight_decay: got 3 values for 2 weighted layers"):
         make_optimizer(net, config, lr_scale=[1.0, 1.0])
 

@@ -188,20 +188,29 @@ def merge(config: Config, values: dict[str, dict], source: str) -> Config:
     return out
 
 
+#: Fields that take one value for all weighted layers or a list with one per weighted layer.
+PER_LAYER_FIELDS = (("model", "threshold"), ("model", "binary"), ("model", "init_firing_fraction"),
+                    ("train", "lr"), ("train", "weight_decay"), ("train", "dropout"), ("train", "binary_scale_lr"))
+
+
 def validate(config: Config, source: str = "config") -> None:
-    """Checks across fields: the network must parse and fit the (encoded) input shape; the slope latency
-    derivative needs the ramp PSP; late revival needs the mask gate; the decision floor must lie before ``T``;
-    dropout needs one rate per weighted layer (or one for all) and none on the output layer."""
+    """Checks across fields: the network must parse and fit the (encoded) input shape; every per-layer field
+    (:data:`PER_LAYER_FIELDS`) is one value or a list with one per weighted layer, so a wrong length is caught when
+    the configuration is read, with the file named, not when training starts; the slope latency derivative needs
+    the ramp PSP; late revival needs the mask gate; the decision floor must lie before ``T``; dropout must leave
+    the output layer alone."""
     try:
         layers = parse_spec(config.model.network, encoded_shape(tuple(config.model.input_shape), config.model.input_polarity),
                             math.prod(config.model.input_shape))
     except ConfigError as exc:
         raise ConfigError(f"{source}: model.network: {exc}") from None
     weighted = [layer for layer in layers if not isinstance(layer, Pool)]
+    for section, name in PER_LAYER_FIELDS:
+        value = getattr(getattr(config, section), name)
+        if isinstance(value, list) and len(value) != len(weighted):
+            raise ConfigError(f"{source}: {section}.{name} has {len(value)} values for the {len(weighted)} weighted layers of "
+                              f"{config.model.network}; give one per weighted layer or a single value")
     dropout = config.train.dropout
-    if isinstance(dropout, list) and len(dropout) != len(weighted):
-        raise ConfigError(f"{source}: train.dropout has {len(dropout)} values for the {len(weighted)} weighted layers of "
-                          f"{config.model.network}; give one per weighted layer or a single value")
     if (dropout[-1] if isinstance(dropout, list) else dropout) > 0:
         raise ConfigError(f"{source}: train.dropout = {dropout!r} drops output neurons (the readout); give one value per "
                           f"weighted layer with 0 for the last, e.g. {[0.0] * (len(weighted) - 2) + [0.5, 0.0]}")
