@@ -55,6 +55,7 @@ def test_train_resume_and_eval(tmp_path, capsys):
     result = json.loads(proc.stdout)
     assert result["images"] == 100
     assert result["accuracy"] == pytest.approx(json.loads(lines[0])["test_accuracy"])
+    assert result["undecided"] == pytest.approx(json.loads(lines[0])["test_undecided"])
 
 
 def test_checkpoint_from_before_a_new_field_resumes(tmp_path):

@@ -128,7 +128,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(json.dumps({"model": str(args.model), "dataset": dataset, "images": len(labels), **result}))
     else:
         print(f"test accuracy {result['accuracy']:.4f} on {len(labels)} {dataset} test images "
-              f"(mean decision time {result['mean_decision_time']:.1f} of T={net.T})")
+              f"(mean decision time {result['mean_decision_time']:.1f} of T={net.T}; "
+              f"{result['undecided']:.1%} undecided, counted wrong)")
     return 0
 
 

@@ -90,30 +90,55 @@ def builtin_data(config: Config, log: Log = _stderr) -> tuple[Dataset, Dataset]:
 
 @torch.no_grad()
 def evaluate(net: Network, data: Dataset, dist: Context = SINGLE) -> dict:
-    """Test accuracy, mean decision time and per-layer fraction of neurons firing before ``T``.
+    """Test accuracy, mean decision time, per-layer fraction of neurons firing before ``T``, and the
+    fraction of images left ``undecided``: class ``-1``, because no output fired or the earliest
+    outputs tied in time and potential (:meth:`Network.readout`). Those are never counted correct,
+    so a large fraction explains an accuracy near or below chance.
 
     With several ranks (``dist``) each evaluates a contiguous share and the sums are reduced.
     """
-    correct, decision, fired, count = 0, 0.0, None, 0
+    correct, undecided, decision, fired, count = 0, 0, 0.0, None, 0
     first, end = dist.span(len(data))
     for lo in range(first, end, EVAL_BATCH):
         sl = slice(lo, min(lo + EVAL_BATCH, end))
         trace = net.trace(data.spike_times(sl, net))
         pred = net.readout(trace)
         correct += int((pred.classes == data.labels[sl]).sum())
+        undecided += int((pred.classes == -1).sum())
         decision += float(pred.decision_time.clamp(max=net.T).sum())
         layer_fired = [int(torch.isfinite(t).sum()) for t in trace.times[1:]]  # integers: exact however the set is split
         fired = layer_fired if fired is None else [a + b for a, b in zip(fired, layer_fired)]
         count += len(pred.classes)
     if dist.active:
-        sums = dist.sum_floats([correct, decision, count, *(fired or [0.0] * len(net.layers))], "evaluation")
-        correct, decision, count, fired = sums[0], sums[1], sums[2], sums[3:]
+        sums = dist.sum_floats([correct, undecided, decision, count, *(fired or [0.0] * len(net.layers))], "evaluation")
+        correct, undecided, decision, count, fired = sums[0], sums[1], sums[2], sums[3], sums[4:]
     return {
         "accuracy": correct / max(count, 1),
+        "undecided": undecided / max(count, 1),
         "mean_decision_time": decision / max(count, 1),
         "firing_fraction": [round(f / (max(count, 1) * math.prod(shape)), 4)
                             for f, shape in zip(fired or [], net.shapes[1:])],
     }
+
+
+UNDECIDED_WARNING = 0.1  # warn when more than this fraction of the test images gets no class
+
+
+def undecided_warning(record: dict) -> str | None:
+    """A warning for an epoch's record whose test images were left undecided (class ``-1``) more often
+    than ``UNDECIDED_WARNING``, naming the likely cause, or ``None``.
+
+    A network whose hidden layers have gone (nearly) silent gives its readout so few input spikes that
+    the earliest outputs fire at the same step with the same potential, and the readout cannot choose;
+    accuracy then falls towards or below chance although training has not crashed.
+    """
+    share = record.get("test_undecided", 0.0)
+    if share <= UNDECIDED_WARNING:
+        return None
+    return (f"warning: epoch {record['epoch']} left {share:.1%} of the test images undecided (no output fired, or the "
+            f"earliest outputs tied in time and potential), and they count as wrong; firing per layer "
+            f"{record.get('test_firing_fraction')}. A layer firing for few of its neurons starves the readout: "
+            f"try rule.revival (e.g. 0.01), a lower learning rate or less dropout")
 
 
 def initialise(net: Network, config: Config, data: Dataset) -> list[float]:
@@ -398,6 +423,9 @@ class Trainer:
                 self.log(f"epoch {epoch + 1}/{self.t.epochs}: train accuracy {record['train_accuracy']:.4f}, {val}"
                          f"test accuracy {record['test_accuracy']:.4f}, {timing['images_per_s']:.1f} images/s, "
                          f"firing {record['test_firing_fraction']}")
+                warning = undecided_warning(record)
+                if warning:
+                    self.log(warning)
                 self.save_checkpoint()
                 self._write_epoch_outputs()
         return self.history
