@@ -143,3 +143,14 @@ def test_learnt_channel_scales_save_and_export_one_alpha_per_channel(tmp_path):
     alpha = nir.read(str(tmp_path / "bin.nir")).nodes["1_4C5_conv"].metadata["alpha"]
     assert list(np.asarray(alpha, dtype=float)) == pytest.approx(net.channel_scales[0].double().tolist())
     assert len(alpha) == 4
+
+
+def test_fit_raises_the_trainers_warnings_as_runtime_warnings(tmp_path):
+    """fit() drops progress lines but not warnings: a script or notebook sees them."""
+    x, y = patterns(40, 2)
+    threads = torch.get_num_threads()
+    try:
+        with pytest.warns(RuntimeWarning, match=r"^train.binary_clip = 3 has no effect"):
+            st.fit("4C5-P2-3", x, y, out_dir=tmp_path / "run", epochs=1, T=32, threads=1, batch_size=16, binary_clip=3.0)
+    finally:
+        torch.set_num_threads(threads)

@@ -18,6 +18,7 @@ channel) or ``(N, C, H, W)``; labels are integers ``0 … classes − 1``.
 from __future__ import annotations
 
 import tempfile
+import warnings
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, Sequence
@@ -196,7 +197,11 @@ def fit(
 
 
 def _quiet(message: str) -> None:
-    """Log sink that drops progress messages (the returned history holds the metrics)."""
+    """Log sink that drops progress messages (the returned history holds the metrics) but raises
+    the trainer's warnings (lines starting ``warning:``) as Python ``RuntimeWarning``s, so that a
+    script or notebook still sees them."""
+    if message.startswith("warning: "):
+        warnings.warn(message.removeprefix("warning: "), RuntimeWarning, stacklevel=2)
 
 
 def encode(net: Network, images: Any) -> torch.Tensor:
