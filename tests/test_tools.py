@@ -137,6 +137,7 @@ def test_inspect_counts_spikes_and_synaptic_ops_exactly(run_dir, capsys):
     pred = net.predict(t_in)
     assert d["accuracy"] == pytest.approx(float((pred.classes == torch.as_tensor(labels[:50])).float().mean()))
     assert d["mean_decision_time"] == pytest.approx(float(pred.decision_time.clamp(max=net.T).mean()))
+    assert d["undecided"] == pytest.approx(float((pred.classes == -1).double().mean()))
     # stopping at the first output spike never changes the class: causality of single spikes
     assert d["early_exit_same_class"] == 1.0 and d["early_exit_accuracy"] == d["accuracy"]
     assert report["totals"]["synaptic_ops_to_decision"] <= report["totals"]["synaptic_ops_per_inference"]
@@ -144,7 +145,7 @@ def test_inspect_counts_spikes_and_synaptic_ops_exactly(run_dir, capsys):
     capsys.readouterr()
     assert main(["inspect", str(run_dir), "--limit", "20"]) == 0
     text = capsys.readouterr().out
-    assert "8C5" in text and "early exit" in text and "CNN MACs" in text
+    assert "8C5" in text and "early exit" in text and "CNN MACs" in text and "of the images undecided" in text
     assert inspect_network(net, t_in[:5])["decision"]["accuracy"] is None
 
 

@@ -107,7 +107,7 @@ def inspect_network(net: Network, t_in: torch.Tensor, labels: torch.Tensor | Non
     hist = [torch.zeros(T, dtype=torch.float64) for _ in range(L + 1)]
     ops = [0.0] * L
     ops_early = [0.0] * L
-    correct = correct_early = decided_same = 0
+    correct = correct_early = decided_same = undecided = 0
     decision_sum = 0.0
     gaps = []
     for lo in range(0, n, batch):
@@ -134,6 +134,7 @@ def inspect_network(net: Network, t_in: torch.Tensor, labels: torch.Tensor | Non
         cut = torch.where(x < t_dec.view(-1, *([1] * (x.dim() - 1))), x, torch.full_like(x, math.inf))
         early = net.predict(cut)
         decided_same += int((early.classes == pred.classes).sum())
+        undecided += int((pred.classes == -1).sum())
         decision_sum += float(t_dec.sum())
         if labels is not None:
             y = labels[lo : lo + batch]
@@ -182,6 +183,7 @@ def inspect_network(net: Network, t_in: torch.Tensor, labels: torch.Tensor | Non
             "accuracy": correct / n if labels is not None else None,
             "early_exit_accuracy": correct_early / n if labels is not None else None,
             "early_exit_same_class": decided_same / n,
+            "undecided": undecided / n,
             "runner_up_gap_quantiles": _quantiles(torch.cat(gaps), QUANTILES) if gaps else None,
         },
         "histograms": {names[l]: hist[l].tolist() for l in range(L + 1)},
@@ -228,7 +230,8 @@ def format_report(report: dict) -> str:
     lines.append("")
     lines.append(f"decision: first output spike at t = {d['mean_decision_time']:.1f} on average "
                  f"({d['mean_decision_fraction_of_T']:.0%} of T); the runner-up class fires "
-                 f"{_fmt_quantiles(d['runner_up_gap_quantiles'])} steps later (10/50/90 %)")
+                 f"{_fmt_quantiles(d['runner_up_gap_quantiles'])} steps later (10/50/90 %); "
+                 f"{d['undecided']:.1%} of the images undecided (no output fired, or a tie in time and potential)")
     if d["accuracy"] is not None:
         lines.append(f"accuracy {d['accuracy']:.4f}; stopping every layer at the decision (early exit): "
                      f"{d['early_exit_accuracy']:.4f}")
