@@ -44,7 +44,11 @@ def test_train_resume_and_eval(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", *SMALL, "--epochs", "1", "--out", str(out)]) == 0
     # the log names the software the run was computed with (results differ between CPUs and versions)
-    assert f"software: python {platform.python_version()}, torch {torch.__version__}" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert f"software: python {platform.python_version()}, torch {torch.__version__}" in captured.err
+    # ... and the training time, which the run's timing.jsonl holds
+    seconds = json.loads((out / "timing.jsonl").read_text())["train_seconds"]
+    assert f"training time {seconds:.0f} s ({seconds / 60:.1f} min) over 1 epoch, evaluation excluded" in captured.out
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 1 and 0.0 <= json.loads(lines[0])["test_accuracy"] <= 1.0
     # a second run into the same directory needs --resume; with it, training continues at epoch 2
