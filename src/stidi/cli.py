@@ -107,7 +107,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"test accuracy {last['test_accuracy']:.4f} after epoch {last['epoch']}; model: {out / 'model.safetensors'}")
     timing_file = out / "timing.jsonl"
     if timing_file.exists():  # the log then holds the run's training time, however often it was resumed
-        timing = [json.loads(line) for line in timing_file.read_text().splitlines() if line.strip()]
+        from .io import read_jsonl
+
+        timing = read_jsonl(timing_file)
         seconds = sum(t["train_seconds"] for t in timing)
         print(f"training time {seconds:.0f} s ({seconds / 60:.1f} min) over {len(timing)} epoch{'s' * (len(timing) != 1)}, "
               f"evaluation excluded, summed over every resume ({timing_file})")

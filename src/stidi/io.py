@@ -26,7 +26,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from .config import Config, from_dict
-from .errors import ConfigError, ModelFileError
+from .errors import ConfigError, ModelFileError, StidiError
 from .network import Network
 
 FORMAT = "stidi-model-v1"
@@ -50,6 +50,17 @@ def atomic_write(path: str | Path, data: bytes) -> None:
 
 def atomic_write_json(path: str | Path, value: Any) -> None:
     atomic_write(path, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode())
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The records of a JSON-lines file (``metrics.jsonl``, ``timing.jsonl``: one object per line, blank
+    lines skipped). A missing file raises ``FileNotFoundError``; a line that is not JSON a
+    :class:`StidiError` naming the file."""
+    path = Path(path)
+    try:
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except json.JSONDecodeError as exc:
+        raise StidiError(f"{path}: not one JSON object per line ({exc})") from None
 
 
 def sidecar(path: str | Path) -> Path:

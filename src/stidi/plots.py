@@ -16,7 +16,6 @@ the non-interactive Agg backend, so plotting works on machines without a display
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from pathlib import Path
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 
 from .errors import StidiError
+from .io import read_jsonl
 
 PLOTS = ("curves", "confusion", "histograms", "decisions", "raster", "maps")
 FILES = {"curves": "learning_curves.png", "confusion": "confusion.png", "histograms": "firing_times.png",
@@ -55,15 +55,10 @@ def _save(fig, path: Path) -> Path:
 
 def read_metrics(path: str | Path) -> list[dict]:
     """Records of a run's ``metrics.jsonl`` (one JSON object per epoch)."""
-    path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        return read_jsonl(path)
     except FileNotFoundError:
         raise StidiError(f"{path}: no metrics file; learning curves need the run directory written by 'stidi train'") from None
-    try:
-        return [json.loads(line) for line in lines if line.strip()]
-    except json.JSONDecodeError as exc:
-        raise StidiError(f"{path}: not one JSON object per line ({exc})") from None
 
 
 def plot_learning_curves(records: list[dict], path: Path, layer_names: Sequence[str] = ()) -> Path:
