@@ -52,6 +52,11 @@ def atomic_write_json(path: str | Path, value: Any) -> None:
     atomic_write(path, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode())
 
 
+def write_jsonl(path: str | Path, records: list[dict]) -> None:
+    """Write ``records`` atomically as a JSON-lines file, one object per line (what :func:`read_jsonl` reads)."""
+    atomic_write(path, "".join(json.dumps(r) + "\n" for r in records).encode())
+
+
 def read_jsonl(path: str | Path) -> list[dict]:
     """The records of a JSON-lines file (``metrics.jsonl``, ``timing.jsonl``: one object per line, blank
     lines skipped). A missing file raises ``FileNotFoundError``; a line that is not JSON a

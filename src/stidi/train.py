@@ -37,7 +37,7 @@ from .config import Config, merge
 from .distributed import SINGLE, Context
 from .dropout import dropout_masks
 from .errors import ModelFileError, StidiError
-from .io import atomic_write, build_network, load_tensors, network_tensors, restore_weights, save_model, save_tensors, sidecar
+from .io import build_network, load_tensors, network_tensors, restore_weights, save_model, save_tensors, sidecar, write_jsonl
 from .network import Network, Trace, per_layer, scale_directions
 from .stidi_bp import RuleOptions, finish_directions, idle_sums, update_sums
 
@@ -400,8 +400,8 @@ class Trainer:
             if self.val_set is not None and best_record(self.history) is self.history[-1]:
                 save_model(self.out / "best.safetensors", self.net, self.config,
                            {"history": self.history, "best_epoch": self.history[-1]["epoch"]})
-        atomic_write(self.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.history).encode())
-        atomic_write(self.out / "timing.jsonl", "".join(json.dumps(r) + "\n" for r in self.timing).encode())
+        write_jsonl(self.out / "metrics.jsonl", self.history)
+        write_jsonl(self.out / "timing.jsonl", self.timing)
 
     # -- loop --------------------------------------------------------------------------
     def run(self) -> list[dict]:
