@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from stidi.config import load_config
-from stidi.errors import ModelFileError
-from stidi.io import build_network, load_model, save_model
+from stidi.errors import ModelFileError, StidiError
+from stidi.io import build_network, load_model, read_jsonl, save_model, write_jsonl
 
 
 def _small_model(tmp_path):
@@ -74,3 +74,20 @@ def test_a_safetensors_file_whose_header_length_starts_with_0x80_is_not_taken_fo
     assert path.read_bytes()[:1] == b"\x80"
     loaded, _ = load_tensors(path)
     assert torch.equal(loaded["x" * (pad + 1)], torch.zeros(2))
+
+
+def test_jsonl_round_trip_and_bad_line(tmp_path):
+    """What the trainer writes (metrics.jsonl, timing.jsonl) reads back as the same records; a line
+    that is not JSON is reported with the file's name, a missing file as FileNotFoundError."""
+    records = [{"epoch": 1, "test_accuracy": 0.5}, {"epoch": 2, "firing": [0.1, 0.2]}]
+    path = tmp_path / "metrics.jsonl"
+    write_jsonl(path, records)
+    assert path.read_text().count("\n") == 2
+    assert read_jsonl(path) == records
+    write_jsonl(path, [])
+    assert read_jsonl(path) == []
+    path.write_text('{"epoch": 1}\n\n{"epoch": 2\n')
+    with pytest.raises(StidiError, match="metrics.jsonl"):
+        read_jsonl(path)
+    with pytest.raises(FileNotFoundError):
+        read_jsonl(tmp_path / "missing.jsonl")
