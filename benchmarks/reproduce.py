@@ -8,8 +8,10 @@ Usage::
 
 Each name is a TOML file in ``benchmarks/configs/`` (every choice of the recipe is a
 configuration field there). The run trains with ``stidi train --config …`` into
-``results/runs/NAME`` with its log appended to ``results/NAME.log``; run the same command
-again after an interruption and it resumes from the last checkpoint. The run directory
+``results/runs/NAME`` with its log in ``results/NAME.log``; run the same command
+again after an interruption and it resumes from the last checkpoint, appending to the log. A
+run that starts from scratch (no checkpoint in ``results/runs/NAME``) starts a new log, so the
+log, and the commit recorded from its first line, belong to the run in that directory. The run directory
 lives under ``results/`` so that its checkpoint (1–4 MB for most runs) can be committed and a
 long run continued on another machine or in a later session; fashion-rcsnn's finished
 checkpoint (55 MB) is kept out of git by ``.gitignore``, and tests/test_repository.py
@@ -121,9 +123,10 @@ def main() -> int:
     commit, dirty = git("rev-parse", "HEAD"), bool(git("status", "--porcelain", "src"))
     if not args.record_only:
         train = [sys.executable, "-m", "stidi.cli", "train", "--config", str(config_path), "--out", str(out), "--no-progress"]
-        if (out / "checkpoint.safetensors").exists() or (out / "checkpoint.prev.safetensors").exists():
+        resuming = (out / "checkpoint.safetensors").exists() or (out / "checkpoint.prev.safetensors").exists()
+        if resuming:
             train.append("--resume")
-        with open(log, "a") as f:
+        with open(log, "a" if resuming else "w") as f:
             f.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {command} -> {' '.join(train[2:])} (commit {commit}{', src dirty' if dirty else ''})\n")
             f.flush()
             code = subprocess.run(train, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT).returncode
