@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import torch
 import torch.nn as nn
 
 from stidi.network import Network
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("bench_cnn_reference", ROOT / "benchmarks" / "cnn_reference.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.benchmark_scripts import benchmark_script
 
 
 def test_cnn_twin_has_the_spiking_networks_shapes_and_weights():
-    build_cnn = _script().build_cnn
+    build_cnn = benchmark_script("cnn_reference").build_cnn
     for spec in ("64C5p2-P2-128C5p2-P2-512-10", "48C5-P2-96C5-P2-10", "784-400-10"):
         cnn = build_cnn(spec, (1, 28, 28))
         snn = Network(spec, input_shape=(1, 28, 28), T=16)

@@ -7,21 +7,17 @@ Training itself is replaced by a stand-in that fails, so ``main`` stops after th
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.benchmark_scripts import benchmark_script
 
 
 @pytest.fixture
 def reproduce(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("bench_reproduce", ROOT / "benchmarks" / "reproduce.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = benchmark_script("reproduce")
     (tmp_path / "configs").mkdir()
     (tmp_path / "configs" / "tiny.toml").write_text("[train]\nepochs = 1\n")
     monkeypatch.setattr(mod, "ROOT", tmp_path)

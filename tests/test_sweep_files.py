@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
+
+from tests.benchmark_scripts import benchmark_script
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP_FILES = sorted((ROOT / "benchmarks" / "sweeps").glob("*.toml"))
 
 
-def load_sweep_module():
-    spec = importlib.util.spec_from_file_location("stidi_bench_sweep", ROOT / "benchmarks" / "sweep.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.stem)
 def test_committed_sweep_files_parse_and_controls_resolve(path):
-    sweep_module = load_sweep_module()
+    sweep_module = benchmark_script("sweep")
     sweep = sweep_module.read_sweep(path)
     control = sweep_module.read_control(path)  # SystemExit if the named sweep or variant is missing
     if "control" in sweep:
@@ -33,7 +27,7 @@ def test_a_control_that_names_no_result_is_refused(tmp_path):
     path = tmp_path / "borrows.toml"
     path.write_text('base = "mnist-rcsnn"\ncontrol = "fashion-revival/no-such-variant"\n[variants.a]\n')
     with pytest.raises(SystemExit, match="has no variant 'no-such-variant'"):
-        load_sweep_module().read_control(path)
+        benchmark_script("sweep").read_control(path)
 
 
 @pytest.mark.parametrize("text, message", [
@@ -48,5 +42,5 @@ def test_bad_sweep_files_are_refused_with_the_file_and_field(tmp_path, text, mes
     path = tmp_path / "bad.toml"
     path.write_text(text)
     with pytest.raises(SystemExit) as exc:
-        load_sweep_module().read_sweep(path)
+        benchmark_script("sweep").read_sweep(path)
     assert str(path) in str(exc.value) and message in str(exc.value)
