@@ -41,6 +41,7 @@ TRAIN_FLAGS = {
     "--binary-clip": ("train", "binary_clip", {"type": float, "help": "c ≥ 1: after every step clip the real weights of binary layers to ±c·α, so their signs can still flip (default: 0 = no clipping)"}),
     "--optimizer": ("train", "optimizer", {"choices": ["adam", "sgd"], "help": "how STiDi-BP update directions become steps (default: adam)"}),
     "--gamma": ("rule", "gamma", {"type": float, "help": "target margin in steps between the true class and the others (default: 5)"}),
+    "--init-from": ("train", "init_from", {"metavar": "MODEL", "help": "start the leading layers whose shapes match from the weight patterns of a saved model (e.g. a real-valued run's best.safetensors for a binary network), each rescaled like a random draw so that model.init_firing_fraction of it fires (default: all random)"}),
     "--seed": ("train", "seed", {"type": int, "help": "seed for initialisation and shuffling (default: 0)"}),
     "--train-limit": ("train", "train_limit", {"type": int, "help": "train on the first N images only (default: all)"}),
     "--test-limit": ("train", "test_limit", {"type": int, "help": "evaluate on the first N test images only (default: all)"}),

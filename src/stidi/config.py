@@ -113,6 +113,7 @@ class TrainConfig:
     train_limit: int = _field(0, NON_NEGATIVE, "use only the first N training images (0: all)")
     test_limit: int = _field(0, NON_NEGATIVE, "evaluate on the first N test images (0: all)")
     seed: int = _field(0, NON_NEGATIVE, "seed of initialisation and shuffling")
+    init_from: str = _field("", None, "path of a saved model (.safetensors): the leading weighted layers whose weight shapes match take their weight pattern from it instead of a random draw, and are then scaled like a random draw to init_firing_fraction; the rest are drawn as usual ('': all drawn)")
     threads: int = _field(0, NON_NEGATIVE, "CPU threads (0: PyTorch's default)")
     validation: int = _field(0, NON_NEGATIVE, "hold out the last N training images to choose the best epoch (saved as best.safetensors); never the test set")
     checkpoint_every: int = _field(100, NON_NEGATIVE, "also checkpoint every N batches within an epoch (0: only at epoch ends)")

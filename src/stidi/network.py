@@ -332,10 +332,14 @@ class Network(nn.Module):
         return self.readout(self.trace(t_in))
 
     @torch.no_grad()
-    def initialise(self, t_in: torch.Tensor, firing_fraction: float | list[float], generator: torch.Generator) -> list[float]:
+    def initialise(self, t_in: torch.Tensor, firing_fraction: float | list[float], generator: torch.Generator,
+                   patterns: dict[int, torch.Tensor] | None = None) -> list[float]:
         """Random weights scaled so that a given fraction of each layer fires before ``T``.
 
-        Weights are drawn from ``N(0, 1)``; the potential is linear in the weights, so
+        Weights are drawn from ``N(0, 1)``, or, for a weighted layer ``k`` in ``patterns``,
+        taken from ``patterns[k]`` (weights of another model, used up to a factor: only
+        their pattern counts; the draw is still made, so the other layers get the same
+        random pattern as without). The potential is linear in the weights, so
         scaling them by ``a`` scales every neuron's peak potential by ``a``. Layer by
         layer, ``a = θ / q`` with ``q`` the ``(1 − f)``-quantile of the positive peak
         potentials on the calibration batch ``t_in`` makes a fraction ``f`` of the
@@ -356,6 +360,8 @@ class Network(nn.Module):
             if i in self.weighted:
                 k = self.weighted.index(i)
                 w = torch.randn(self.weights[k].shape, generator=generator, dtype=self.weights[k].dtype)
+                if patterns and k in patterns:
+                    w = patterns[k].to(w.dtype).clone()
                 if self.bias:  # the bias weights start at 0
                     w[:, -1] = 0.0
                 forward_w = binarise(w, torch.tensor(1.0, dtype=torch.float64)) if self.binary[k] else w

@@ -141,14 +141,45 @@ def undecided_warning(record: dict) -> str | None:
             f"try rule.revival (e.g. 0.01), a lower learning rate or less dropout")
 
 
-def initialise(net: Network, config: Config, data: Dataset) -> list[float]:
-    """Draw ``net``'s initial weights from ``config.train.seed``, calibrated on ``CALIBRATION_IMAGES``
+def initial_patterns(net: Network, path: str | Path) -> dict[int, torch.Tensor]:
+    """Weight patterns for ``train.init_from``: the real weights of the model saved at ``path``
+    for the leading weighted layers of ``net`` whose weight shapes match, up to the first that
+    does not (keyed by weighted-layer index). A binary source gives its ``α·sign(w)``; only the
+    pattern matters, since :meth:`Network.initialise` rescales it."""
+    from .io import load_model
+
+    where = f"train.init_from = '{path}'"
+    if not Path(path).is_file():
+        raise StidiError(f"{where}: no such file; give the path of a saved model (e.g. OUT/best.safetensors "
+                         "of an earlier `stidi train`), or leave train.init_from empty")
+    try:
+        source, source_config, _ = load_model(path)
+    except StidiError as exc:
+        raise StidiError(f"{where}: {exc}") from None
+    patterns: dict[int, torch.Tensor] = {}
+    for k, (mine, theirs) in enumerate(zip(net.weights, source.weights)):
+        if mine.shape != theirs.shape:
+            break
+        patterns[k] = source.weight_of(source.weighted[k]).detach().clone()
+    if not patterns:
+        raise StidiError(f"{where}: the first weighted layer of {source_config.model.network} has weights shaped "
+                         f"{tuple(source.weights[0].shape)}, {net.spec} needs {tuple(net.weights[0].shape)}: no layer "
+                         "can start from it; give a model whose leading layers have this network's shapes")
+    return patterns
+
+
+def initialise(net: Network, config: Config, data: Dataset, log: Log = _stderr) -> list[float]:
+    """Draw ``net``'s initial weights from ``config.train.seed`` (or take the patterns of
+    ``config.train.init_from``, :func:`initial_patterns`), calibrated on ``CALIBRATION_IMAGES``
     random images of ``data`` (:meth:`Network.initialise`); returns each weighted layer's firing fraction."""
+    patterns = initial_patterns(net, config.train.init_from) if config.train.init_from else None
+    if patterns:
+        log(f"weighted layers 1–{len(patterns)} of {net.spec} start from the weight patterns of {config.train.init_from}")
     gen = torch.Generator().manual_seed(config.train.seed)
     calib = torch.randperm(len(data), generator=gen)[:CALIBRATION_IMAGES]
     t_cal = data.spike_times(calib, net)
     with _torch_threads(1):  # the calibration's PyTorch convolutions may round differently on other thread counts
-        return net.initialise(t_cal, config.model.init_firing_fraction, gen)
+        return net.initialise(t_cal, config.model.init_firing_fraction, gen, patterns)
 
 
 def split_validation(data: Dataset, count: int) -> tuple[Dataset, Dataset | None]:
@@ -350,7 +381,7 @@ class Trainer:
 
     # -- state -------------------------------------------------------------------------
     def start_fresh(self) -> None:
-        fired = initialise(self.net, self.config, self.train_set)
+        fired = initialise(self.net, self.config, self.train_set, self.log)
         self.lr_scale = [float(w.std()) for w in self.net.weights]
         self.lr_scale += [float(self.net.fixed_scales[k]) for k in self.net.scale_layers]
         self.opt = make_optimizer(self.net, self.config, self.lr_scale)
