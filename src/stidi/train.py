@@ -37,7 +37,7 @@ from .config import Config, merge
 from .distributed import SINGLE, Context
 from .dropout import dropout_masks
 from .errors import ModelFileError, StidiError
-from .io import build_network, load_tensors, network_tensors, restore_weights, save_model, save_tensors, sidecar, write_jsonl
+from .io import build_network, load_model, load_tensors, network_tensors, restore_weights, save_model, save_tensors, sidecar, write_jsonl
 from .network import Network, Trace, per_layer, scale_directions
 from .stidi_bp import RuleOptions, finish_directions, idle_sums, update_sums
 
@@ -142,12 +142,10 @@ def undecided_warning(record: dict) -> str | None:
 
 
 def initial_patterns(net: Network, path: str | Path) -> dict[int, torch.Tensor]:
-    """Weight patterns for ``train.init_from``: the real weights of the model saved at ``path``
+    """Weight patterns for ``train.init_from``: the forward weights of the model saved at ``path``
     for the leading weighted layers of ``net`` whose weight shapes match, up to the first that
     does not (keyed by weighted-layer index). A binary source gives its ``α·sign(w)``; only the
     pattern matters, since :meth:`Network.initialise` rescales it."""
-    from .io import load_model
-
     where = f"train.init_from = '{path}'"
     if not Path(path).is_file():
         raise StidiError(f"{where}: no such file; give the path of a saved model (e.g. OUT/best.safetensors "
