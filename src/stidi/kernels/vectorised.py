@@ -80,11 +80,10 @@ def scan_potential(
         k = steps.numel()
         eps = psp(steps.view(k, *([1] * x.dim())) - x.unsqueeze(0), tau, T)
         u = apply(eps.reshape(k * B, *x.shape[1:])).reshape(k, B, *out_shape)
-        crossed = u >= theta
-        fired_in_block = crossed.any(0)
-        first = crossed.to(torch.uint8).argmax(0)
-        new = fired_in_block & torch.isinf(t_out)
-        t_out = torch.where(new, steps[first], t_out)
+        # the steps rise, so a neuron keeps the first one where u ≥ θ; one slice at a time is
+        # several times faster than an argmax over the stacked steps, and needs no temporary
+        for j in range(k):
+            t_out = torch.where(torch.isinf(t_out) & (u[j] >= theta), steps[j], t_out)
         if track_max:
             u_max = torch.maximum(u_max, u.amax(0))
         elif not torch.isinf(t_out).any():
