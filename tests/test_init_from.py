@@ -69,7 +69,7 @@ def test_missing_or_unmatched_source_is_a_clear_error(tmp_path):
     _, path = _saved_real_model(tmp_path)
     missing = load_config(None, {"model": {"network": "4C5-P2-10", "input_shape": [1, 12, 12], "T": 32},
                                  "train": {"init_from": str(tmp_path / "nope.safetensors")}})
-    with pytest.raises(StidiError, match=r"train.init_from = .*nope.safetensors.*no such file"):
+    with pytest.raises(StidiError, match=r"train.init_from = .*nope.safetensors.*no such model file"):
         initialise(build_network(missing), missing, _data())
     other = load_config(None, {"model": {"network": "8C5-P2-10", "input_shape": [1, 12, 12], "T": 32},
                                "train": {"init_from": str(path)}})

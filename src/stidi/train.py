@@ -147,10 +147,7 @@ def initial_patterns(net: Network, path: str | Path) -> dict[int, torch.Tensor]:
     does not (keyed by weighted-layer index). A binary source gives its ``α·sign(w)``; only the
     pattern matters, since :meth:`Network.initialise` rescales it."""
     where = f"train.init_from = '{path}'"
-    if not Path(path).is_file():
-        raise StidiError(f"{where}: no such file; give the path of a saved model (e.g. OUT/best.safetensors "
-                         "of an earlier `stidi train`), or leave train.init_from empty")
-    try:
+    try:  # load_model's own checks name what is wrong with the file (missing, not a model, corrupt)
         source, source_config, _ = load_model(path)
     except StidiError as exc:
         raise StidiError(f"{where}: {exc}") from None
@@ -158,7 +155,7 @@ def initial_patterns(net: Network, path: str | Path) -> dict[int, torch.Tensor]:
     for k, (mine, theirs) in enumerate(zip(net.weights, source.weights)):
         if mine.shape != theirs.shape:
             break
-        patterns[k] = source.weight_of(source.weighted[k]).detach().clone()
+        patterns[k] = source.weight_of(source.weighted[k]).detach()
     if not patterns:
         raise StidiError(f"{where}: the first weighted layer of {source_config.model.network} has weights shaped "
                          f"{tuple(source.weights[0].shape)}, {net.spec} needs {tuple(net.weights[0].shape)}: no layer "
