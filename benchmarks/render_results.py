@@ -112,12 +112,14 @@ def sweep_tables() -> list[str]:
         control = sweep_control(sweep["sweep"])
         borrowed = (f" The control row comes from the sweep `{control[0]}` (`results/sweep-{control[0]}.json`, commit "
                     f"`{control[2][:7]}`), with the same base config and budget; it was not trained again." if control else "")
+        with_train = any(r.get("train_accuracy_by_epoch") for r in rows)  # sweeps collected before it was recorded lack it
         out += [f"### `{sweep['sweep']}`", "",
                 f"Against {base}, with {', '.join(f'{k} = {v}' for k, v in common.items()) or 'no common change'}. "
                 f"`{sweep['command']}` at commit `{sweep['commit'][:7]}`{note} on {sweep['machine']}, {sweep['jobs']} "
                 f"variant{'s' * (sweep['jobs'] != 1)} at once, one thread each; file `{path.relative_to(ROOT)}`.{stopped}{borrowed}", "",
-                "| variant | changes | epochs | validation accuracy by epoch | test at best validation | first-layer firing (last epoch) |",
-                "|---|---|---|---|---|---|"]
+                "| variant | changes | epochs | validation accuracy by epoch | test at best validation | first-layer firing (last epoch) |"
+                + (" training accuracy (last epoch) |" if with_train else ""),
+                "|---|---|---|---|---|---|" + ("---|" if with_train else "")]
         table = [(r["variant"], r, ", ".join(f"{k} = {v}" for k, v in r["overrides"].items() if k not in common) or "—")
                  for r in rows]
         if control:
@@ -126,7 +128,8 @@ def sweep_tables() -> list[str]:
             vals = " → ".join(f"{100 * v:.2f}" for v in r["val_accuracy_by_epoch"] if v is not None) or "—"
             firing = r["firing_fraction_last"][0] if r["firing_fraction_last"] else None
             out.append(f"| {label} | {changes} | {r['epochs_done']} | {vals} | {pct(r['test_accuracy_at_best_val'])} | "
-                       f"{'—' if firing is None else f'{100 * firing:.1f} %'} |")
+                       f"{'—' if firing is None else f'{100 * firing:.1f} %'} |"
+                       + (f" {pct((r.get('train_accuracy_by_epoch') or [None])[-1])} |" if with_train else ""))
         out.append("")
     return out or ["No sweep has been run yet (`python benchmarks/sweep.py NAME`)."]
 

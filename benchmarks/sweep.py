@@ -170,6 +170,7 @@ def summarise(variant: str, overrides: dict, out: Path) -> dict:
         "variant": variant,
         "overrides": overrides,
         "epochs_done": len(history),
+        "train_accuracy_by_epoch": [r.get("train_accuracy") for r in history],
         "val_accuracy_by_epoch": [r.get("val_accuracy") for r in history],
         "test_accuracy_by_epoch": [r.get("test_accuracy") for r in history],
         "best_val_accuracy": best.get("val_accuracy") if best else None,
@@ -263,21 +264,27 @@ def main(argv: list[str] | None = None) -> int:
     rows = [summarise(v, {**common, **variants[v]}, root / v) for v in variants]
     launches = read_launches(root)
     commit = launches[0]["commit"] if launches else _commit()
+    target = ROOT / "results" / f"sweep-{args.name}.json"
+    training = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "jobs": args.jobs,
+                "wall_seconds": round(time.time() - started, 1)}
+    if args.collect_only and target.exists():
+        # the training's command, jobs and wall time, not those of this re-collection
+        previous = json.loads(target.read_text())
+        training = {key: previous.get(key, value) for key, value in training.items()}
     result = {
         "sweep": args.name,
         "base": sweep["base"],
         "base_at": f"benchmarks/configs/{sweep['base']}.toml as of {commit[:7]}",
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "command": training["command"],
         "commit": commit,
         "commits": list(dict.fromkeys(launch["commit"] for launch in launches)) or [commit],
         "source_tree_dirty": _any_dirty(launches) if launches else _source_tree_dirty(),
         "machine": f"{platform.node()} ({os.cpu_count()} cores, {platform.processor() or platform.machine()})",
         "software": software_versions(),
-        "jobs": args.jobs,
-        "wall_seconds": round(time.time() - started, 1),
+        "jobs": training["jobs"],
+        "wall_seconds": training["wall_seconds"],
         "rows": sorted(rows, key=lambda r: -(r["best_val_accuracy"] or 0)),
     }
-    target = ROOT / "results" / f"sweep-{args.name}.json"
     target.parent.mkdir(exist_ok=True)
     tmp = target.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=1) + "\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -44,3 +45,27 @@ def test_bad_sweep_files_are_refused_with_the_file_and_field(tmp_path, text, mes
     with pytest.raises(SystemExit) as exc:
         benchmark_script("sweep").read_sweep(path)
     assert str(path) in str(exc.value) and message in str(exc.value)
+
+
+def test_collect_only_keeps_the_training_command_and_adds_training_accuracy(tmp_path, monkeypatch):
+    sweep_module = benchmark_script("sweep")
+    (tmp_path / "benchmarks" / "sweeps").mkdir(parents=True)
+    (tmp_path / "benchmarks" / "configs").mkdir()
+    (tmp_path / "results").mkdir()
+    (tmp_path / "benchmarks" / "sweeps" / "t.toml").write_text('base = "b"\n[variants.a]\n"train.lr" = 0.02\n')
+    (tmp_path / "benchmarks" / "configs" / "b.toml").write_text("[train]\nlr = 0.01\n")
+    (tmp_path / "results" / "sweep-t.json").write_text(
+        json.dumps({"command": "python3 benchmarks/sweep.py t --jobs 1", "jobs": 1, "wall_seconds": 123.0}))
+    run = tmp_path / "out" / "t" / "a"
+    run.mkdir(parents=True)
+    run.joinpath("metrics.jsonl").write_text(
+        '{"epoch": 1, "train_accuracy": 0.5, "val_accuracy": 0.6, "test_accuracy": 0.55}\n'
+        '{"epoch": 2, "train_accuracy": 0.7, "val_accuracy": 0.65, "test_accuracy": 0.6}\n')
+    for name, value in (("ROOT", tmp_path), ("SWEEPS", tmp_path / "benchmarks" / "sweeps"),
+                        ("CONFIGS", tmp_path / "benchmarks" / "configs")):
+        monkeypatch.setattr(sweep_module, name, value)
+    assert sweep_module.main(["t", "--collect-only", "--jobs", "3", "--out", str(tmp_path / "out")]) == 0
+    result = json.loads((tmp_path / "results" / "sweep-t.json").read_text())
+    assert result["command"] == "python3 benchmarks/sweep.py t --jobs 1" and result["wall_seconds"] == 123.0 and result["jobs"] == 1
+    (row,) = result["rows"]
+    assert row["train_accuracy_by_epoch"] == [0.5, 0.7] and row["best_epoch"] == 2 and row["overrides"] == {"train.lr": 0.02}
