@@ -25,8 +25,9 @@ so ``--jobs`` variants share the machine without oversubscribing it; running the
 again resumes unfinished variants from their checkpoints. ``--deadline`` sends SIGTERM to
 every variant still training after that many seconds (each saves a checkpoint and stops).
 Then ``results/sweep-NAME.json`` lists per variant its overrides, the epochs done, the
-validation and test accuracy of every epoch, the firing fractions and the training
-images/s. Variants are compared on validation accuracy (carved from the training set);
+training, validation and test accuracy of every epoch, the firing fractions and the training
+images/s. ``--collect-only`` rewrites it from the run directories and keeps the training's
+command, jobs and wall time from the file it replaces. Variants are compared on validation accuracy (carved from the training set);
 the test column is there to show the two agree, not to choose.
 """
 
