@@ -27,8 +27,9 @@ every variant still training after that many seconds (each saves a checkpoint an
 Then ``results/sweep-NAME.json`` lists per variant its overrides, the epochs done, the
 training, validation and test accuracy of every epoch, the firing fractions and the training
 images/s. ``--collect-only`` rewrites it from the run directories and keeps the training's
-command, jobs and wall time from the file it replaces. Variants are compared on validation accuracy (carved from the training set);
-the test column is there to show the two agree, not to choose.
+command, jobs and wall time from the file it replaces. Variants are compared on validation
+accuracy (carved from the training set); the test column is there to show the two agree,
+not to choose.
 """
 
 from __future__ import annotations
