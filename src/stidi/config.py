@@ -93,6 +93,7 @@ class RuleConfig:
     targets: str = _field("earliest", one_of("earliest", "split", "softmax"), "output targets: relative to the earliest output spike ('earliest'), halfway between the true class and the earliest other output less γ/2 ('split'), or t_j + σ (p_j − y_j) with p = softmax(−t/σ) ('softmax', the cross-entropy's descent; γ unused)")
     softmax_temperature: float = _field(2.0, POSITIVE, "σ (steps) of targets = 'softmax': the time scale of p = softmax(−t/σ)")
     binary_displacement: str = _field("real", one_of("real", "forward"), "weights of a binary layer in the displacement: the real weights w ('real', the specification) or the forward pass's α·sign(w) ('forward')")
+    distill: float = _field(0.0, (lambda v: 0 <= v <= 1, "a number in [0, 1]"), "λ: blend the output targets with those of the teacher network of train.teacher, λ its share: each other class aims at its label target mixed with the teacher's delay of it behind the true class (0: labels only; needs train.teacher when > 0)")
     decision_floor: float = _field(0.0, NON_NEGATIVE, "t_f (steps): the targets' reference time r becomes max(r, t_f), so a decision before t_f is pushed later (0: the plain rule)")
 
 
@@ -114,6 +115,7 @@ class TrainConfig:
     test_limit: int = _field(0, NON_NEGATIVE, "evaluate on the first N test images (0: all)")
     seed: int = _field(0, NON_NEGATIVE, "seed of initialisation and shuffling")
     init_from: str = _field("", None, "path of a saved model (.safetensors): the leading weighted layers whose weight shapes match take their weight pattern from it instead of a random draw, and are then scaled like a random draw to init_firing_fraction; the rest are drawn as usual ('': all drawn)")
+    teacher: str = _field("", None, "path of a trained model (.safetensors, or its run directory) whose output spike times on the training images become soft targets, blended in by rule.distill; any network with the same inputs and number of classes ('': none)")
     threads: int = _field(0, NON_NEGATIVE, "CPU threads (0: PyTorch's default)")
     validation: int = _field(0, NON_NEGATIVE, "hold out the last N training images to choose the best epoch (saved as best.safetensors); never the test set")
     checkpoint_every: int = _field(100, NON_NEGATIVE, "also checkpoint every N batches within an epoch (0: only at epoch ends)")
@@ -199,7 +201,7 @@ def validate(config: Config, source: str = "config") -> None:
     (:data:`PER_LAYER_FIELDS`) is one value or a list with one per weighted layer, so a wrong length is caught when
     the configuration is read, with the file named, not when training starts; the slope latency derivative needs
     the ramp PSP; late revival needs the mask gate; the decision floor must lie before ``T``; dropout must leave
-    the output layer alone."""
+    the output layer alone; distillation needs a teacher."""
     try:
         layers = parse_spec(config.model.network, encoded_shape(tuple(config.model.input_shape), config.model.input_polarity),
                             math.prod(config.model.input_shape))
@@ -224,6 +226,9 @@ def validate(config: Config, source: str = "config") -> None:
     if config.rule.revival_scope == "late" and config.rule.displacement_gate != "mask":
         raise ConfigError(f"{source}: rule.revival_scope = 'late' needs rule.displacement_gate = 'mask' (the closed part of the "
                           f"fired-before gate), got '{config.rule.displacement_gate}'; use revival_scope = 'silent' with that gate")
+    if config.rule.distill > 0 and not config.train.teacher:
+        raise ConfigError(f"{source}: rule.distill = {config.rule.distill} needs a teacher: set train.teacher to a trained "
+                          "model (e.g. a run's best.safetensors), or distill = 0 to learn from the labels only")
     if config.rule.decision_floor >= config.model.T:
         raise ConfigError(f"{source}: rule.decision_floor = {config.rule.decision_floor} must be below model.T = {config.model.T} "
                           "(the reference time of the output targets; 0 turns it off)")

@@ -16,6 +16,12 @@ step from layer ``l``'s error and weights (the spike time displacement):
   (``σ`` the ``softmax_temperature``) every output aims at ``t_j + σ (p_j − y_j)``, the
   descent direction of the cross-entropy ``−log p_y`` in spike time, so the true class
   is pulled earlier by ``σ (1 − p_y)`` and every other output pushed later by ``σ p_j``;
+* distillation (``distill = λ > 0``, with a trained teacher's output spike times ``s``,
+  :mod:`stidi.distill`): every output other than the true class aims at
+  ``(1 − λ) target_j + λ (target_y + max(0, s_j − s_y))``, its label target blended with the
+  teacher's delay behind the true class added to the true class's own target; with
+  ``targets = "softmax"`` the one-hot ``y`` becomes ``(1 − λ) y + λ softmax(−s/σ)``.
+  Only the targets change; the rule below is the same;
 * errors are normalised per layer and sample (``error_norm = "l2"``: ``e / ‖e‖₂``) or
   per layer and batch (``"batch_max"``: ``e / max_b ‖e_b‖₂``, so a sample with a small
   error keeps a small share of the step instead of a unit one);
@@ -87,10 +93,12 @@ class RuleOptions:
     softmax_temperature: float = 2.0
     slope_bins: int = 8
     revival_scope: str = "silent"
+    distill: float = 0.0
 
 
 def output_error(t_out: torch.Tensor, labels: torch.Tensor, T: int, gamma: float, forced_firing: bool,
-                 floor: float = 0.0, targets: str = "earliest", temperature: float = 2.0) -> torch.Tensor:
+                 floor: float = 0.0, targets: str = "earliest", temperature: float = 2.0,
+                 teacher: torch.Tensor | None = None, distill: float = 0.0) -> torch.Tensor:
     """Temporal error ``(target − t) / T`` of the output layer (unnormalised).
 
     The true class aims at a reference time ``r`` and every other output that fires
@@ -104,12 +112,25 @@ def output_error(t_out: torch.Tensor, labels: torch.Tensor, T: int, gamma: float
     ``"softmax"`` (``γ`` and ``floor`` unused): with ``p = softmax(−t/σ)``, ``σ`` the
     ``temperature`` in steps and silent outputs at ``T``, output ``j`` aims at
     ``t_j + σ (p_j − y_j)``: ``σ² ∂/∂t_j`` of ``−log p_y`` with the sign of descent.
+
+    ``teacher`` (the same shape as ``t_out``: a teacher network's output spike times for
+    these images, ``inf`` for silent outputs, read as ``T``) with ``distill = λ > 0``
+    blends in the teacher's view: each output ``j`` other than the true class ``y`` aims at
+    ``(1 − λ) target_j + λ min(T, target_y + max(0, s_j − s_y))``, the teacher's delay of
+    ``j`` behind the true class (``s`` the teacher's times), counted from the true class's own
+    target. A teacher that ranks ``j`` before the true class asks for no delay, never for
+    ``j`` first. With ``"softmax"`` the one-hot ``y`` becomes ``(1 − λ) y + λ softmax(−s/σ)``
+    (the soft labels of distillation). ``λ = 0`` or no teacher: the targets above.
     """
     fired = torch.isfinite(t_out)
     t = torch.where(fired, t_out, torch.full_like(t_out, T))
+    soft = None if teacher is None or distill == 0 else torch.where(torch.isfinite(teacher), teacher, torch.full_like(t, T))
     if targets == "softmax":
         p = torch.softmax(-t / temperature, dim=1)
-        return temperature * (p - F.one_hot(labels, t.shape[1]).to(p.dtype)) / T
+        y = F.one_hot(labels, t.shape[1]).to(p.dtype)
+        if soft is not None:
+            y = (1 - distill) * y + distill * torch.softmax(-soft / temperature, dim=1)
+        return temperature * (p - y) / T
     t_read = t if forced_firing else t_out
     any_fired = fired.any(dim=1)
     rows = torch.arange(t.shape[0])
@@ -126,6 +147,12 @@ def output_error(t_out: torch.Tensor, labels: torch.Tensor, T: int, gamma: float
     too_early = (t_read < (ref + gamma).unsqueeze(1)) & any_fired.unsqueeze(1)
     target = torch.where(too_early, (ref + gamma).unsqueeze(1).expand_as(t), target)
     target[rows, labels] = torch.where(any_fired, ref, torch.full_like(ref, T - gamma))
+    if soft is not None:
+        true_target = target[rows, labels].unsqueeze(1)
+        delay = (soft - soft[rows, labels].unsqueeze(1)).clamp_min(0)
+        blended = (1 - distill) * target + distill * (true_target + delay).clamp(max=T)
+        others = ~F.one_hot(labels, t.shape[1]).bool()
+        target = torch.where(others, blended, target)
     return (target - t) / T
 
 
@@ -199,7 +226,7 @@ def potential_slope(x: torch.Tensor, w: torch.Tensor, t_out: torch.Tensor, paddi
 
 @torch.no_grad()
 def update_sums(net: Network, trace: Trace, labels: torch.Tensor, opts: RuleOptions, batch: int | None = None,
-                agree: Agree = _alone) -> list[torch.Tensor]:
+                agree: Agree = _alone, teacher: torch.Tensor | None = None) -> list[torch.Tensor]:
     """Exact fixed-point sums ``Σ δ ε · scale`` over this batch, one float64 tensor per weighted layer.
 
     Walks the layers from the top once. For every weighted layer it uses only that
@@ -212,12 +239,14 @@ def update_sums(net: Network, trace: Trace, labels: torch.Tensor, opts: RuleOpti
     (``agree`` takes the maximum over the processes). The sums are therefore exact: the
     sums of two shares of a batch add up to the sum of the whole batch to the bit, in any
     order, on any number of threads. :func:`finish_directions` turns them into directions.
+    ``teacher``: a teacher's output spike times for these images, for ``opts.distill``
+    (:func:`output_error`).
     """
     T, B = net.T, labels.shape[0]
     batch = B if batch is None else batch
     sums: list[torch.Tensor | None] = [None] * len(net.weighted)
     error = output_error(trace.times[-1], labels, T, opts.gamma, net.forced_firing, opts.decision_floor, opts.targets,
-                         opts.softmax_temperature)
+                         opts.softmax_temperature, teacher, opts.distill)
     error = normalise(error, opts.error_norm, agree)
     shift = None  # displacement of the current layer's outputs, from the layer above
     for i in reversed(range(len(net.layers))):

@@ -35,6 +35,7 @@ from .augment import epoch_moves, move_images
 from .averaging import assign, update_average, weights_swapped
 from .config import Config, merge
 from .distributed import SINGLE, Context
+from .distill import load_teacher, teacher_times
 from .dropout import dropout_masks
 from .errors import ModelFileError, StidiError
 from .io import build_network, load_model, load_tensors, network_tensors, restore_weights, save_model, save_tensors, sidecar, write_jsonl
@@ -362,6 +363,13 @@ class Trainer:
         self.partial: dict | None = None  # {"epoch", "step", "correct", "seconds"} of an unfinished epoch
         self.stop_signal: int | None = None
         self.average: list[torch.Tensor] | None = None  # w̄ of train.weight_average (stidi.averaging)
+        self.teacher: Network | None = None  # train.teacher, for rule.distill (stidi.distill)
+        self._teacher_table: torch.Tensor | None = None  # its output times for every training image, made once
+        if self.t.teacher and config.rule.distill > 0:
+            self.teacher = load_teacher(self.t.teacher, self.net, tuple(config.model.input_shape))
+        elif self.t.teacher:
+            log(f"warning: train.teacher = '{self.t.teacher}' has no effect with rule.distill = 0 "
+                "(set distill to its share of the targets, e.g. 0.5, or leave teacher empty)")
         if self.t.binary_clip and not any(self.net.binary):
             log(f"warning: train.binary_clip = {self.t.binary_clip:g} has no effect: no layer of "
                 f"{config.model.network} is binary (set model.binary = true, or leave binary_clip at 0)")
@@ -514,7 +522,8 @@ class Trainer:
             drop = dropout_masks(self.dropout, net.weighted, net.shapes, idx, self.t.seed, epoch)
         trace = net.trace(data.spike_times(idx, net, moves[idx] if moves is not None else None), drop)
         hits = int((net.readout(trace).classes == labels).sum())
-        return update_sums(net, trace, labels, self.rule, batch, agree), trace, hits
+        teacher = self._teacher_targets(idx, moves)
+        return update_sums(net, trace, labels, self.rule, batch, agree, teacher), trace, hits
 
     def _step(self, directions: list[torch.Tensor], trace, epoch: int, step: int) -> None:
         """Apply one optimiser step; on a non-finite value keep (and checkpoint) the state before it."""
@@ -539,13 +548,33 @@ class Trainer:
             raise NonFiniteError(f"epoch {epoch + 1}, step {step + 1}: {problem}; stopped with the last good "
                                  f"state in {self.ckpt.current} (lower train.lr and resume, or start again)")
 
-    def _progress_bar(self, epoch: int, initial: int):
+    def _teacher_targets(self, idx: torch.Tensor, moves: torch.Tensor | None) -> torch.Tensor | None:
+        """The teacher's output spike times for training images ``idx`` (moved by ``moves`` if given),
+        on the student's time scale (times × student T / teacher T); None without distillation.
+        Unmoved images come from a table made with one pass over the training set on first use."""
+        if self.teacher is None:
+            return None
+        data, teacher = self.train_set, self.teacher
+        if moves is not None:
+            with torch.no_grad():
+                times = teacher.trace(data.spike_times(idx, teacher, moves[idx])).times[-1].reshape(len(idx), -1)
+        else:
+            if self._teacher_table is None:
+                self.log(f"computing the output spike times of the teacher {self.t.teacher} on {len(data)} training images")
+                bar = self._progress_bar(None, 0)
+                self._teacher_table = teacher_times(teacher, data.spike_times, len(data), bar.update if bar else None)
+                if bar is not None:
+                    bar.close()
+            times = self._teacher_table[idx]
+        return times * (self.net.T / teacher.T)
+
+    def _progress_bar(self, epoch: int | None, initial: int):
         if not self.progress:
             return None
         from tqdm import tqdm
 
-        return tqdm(total=len(self.train_set), initial=initial, desc=f"epoch {epoch + 1}/{self.t.epochs}",
-                    unit="img", leave=False, file=sys.stderr)
+        desc = "teacher" if epoch is None else f"epoch {epoch + 1}/{self.t.epochs}"
+        return tqdm(total=len(self.train_set), initial=initial, desc=desc, unit="img", leave=False, file=sys.stderr)
 
 
 @contextlib.contextmanager
