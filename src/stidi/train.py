@@ -440,6 +440,8 @@ class Trainer:
     # -- loop --------------------------------------------------------------------------
     def run(self) -> list[dict]:
         with _stop_on_signals(self):
+            if len(self.history) < self.t.epochs:
+                self._make_teacher_table()
             for epoch in range(len(self.history), self.t.epochs):
                 for group in self.opt.param_groups:
                     group["lr"] = learning_rate(group["base_lr"], epoch, self.t.epochs, self.t.lr_schedule)
@@ -559,14 +561,21 @@ class Trainer:
             with torch.no_grad():
                 times = teacher.trace(data.spike_times(idx, teacher, moves[idx])).times[-1].reshape(len(idx), -1)
         else:
-            if self._teacher_table is None:
-                self.log(f"computing the output spike times of the teacher {self.t.teacher} on {len(data)} training images")
-                bar = self._progress_bar(None, 0)
-                self._teacher_table = teacher_times(teacher, data.spike_times, len(data), bar.update if bar else None)
-                if bar is not None:
-                    bar.close()
+            self._make_teacher_table()
             times = self._teacher_table[idx]
         return times * (self.net.T / teacher.T)
+
+    def _make_teacher_table(self) -> None:
+        """The teacher's output times for every (unmoved) training image, once per run and
+        before the first epoch's clock starts, so the epoch's images/s count training only."""
+        if self.teacher is None or self._teacher_table is not None or self.t.augment_shift or self.t.augment_flip:
+            return
+        data = self.train_set
+        self.log(f"computing the output spike times of the teacher {self.t.teacher} on {len(data)} training images")
+        bar = self._progress_bar(None, 0)
+        self._teacher_table = teacher_times(self.teacher, data.spike_times, len(data), bar.update if bar else None)
+        if bar is not None:
+            bar.close()
 
     def _progress_bar(self, epoch: int | None, initial: int):
         if not self.progress:
