@@ -20,10 +20,10 @@ from tests.checkpoint_wait import stop_after_step
 T = 100
 
 
-def _error(t, labels, teacher=None, distill=0.0, targets="split", gamma=2.0):
+def _error(t, labels, teacher=None, distill=0.0, targets="split", gamma=2.0, scope="all"):
     return output_error(torch.tensor(t, dtype=torch.float64), torch.tensor(labels), T, gamma, True,
                         targets=targets, teacher=None if teacher is None else torch.tensor(teacher, dtype=torch.float64),
-                        distill=distill)
+                        distill=distill, distill_scope=scope)
 
 
 def test_wrong_classes_aim_between_their_label_target_and_the_teachers_delay() -> None:
@@ -37,6 +37,16 @@ def test_wrong_classes_aim_between_their_label_target_and_the_teachers_delay() -
     # teacher output counts as T, and no target lies beyond T
     e = _error([[50.0, 60.0, 55.0]], [0], teacher=[[40.0, 30.0, math.inf]], distill=1.0)
     assert torch.allclose(e, torch.tensor([[0.0, (50 - 60) / T, (100 - 55) / T]], dtype=torch.float64))
+
+
+def test_the_errors_scope_blends_only_images_the_labels_already_correct() -> None:
+    # image 0 holds its margin (no label error), image 1 does not (class 2 fires 1 step after the true class)
+    t, labels, teacher = [[50.0, 60.0, 55.0], [50.0, 60.0, 51.0]], [0, 0], [[40.0, 45.0, 70.0]] * 2
+    everywhere = _error(t, labels, teacher=teacher, distill=0.5)
+    scoped = _error(t, labels, teacher=teacher, distill=0.5, scope="errors")
+    assert torch.count_nonzero(everywhere[0]) == 2 and torch.count_nonzero(scoped[0]) == 0
+    assert torch.equal(scoped[1], everywhere[1])
+    assert not torch.equal(scoped[1], _error(t, labels)[1])
 
 
 @settings(max_examples=50, deadline=None)
@@ -130,5 +140,7 @@ def test_a_share_without_a_teacher_or_a_teacher_of_other_classes_is_refused_by_n
 def test_the_flags_reach_the_configuration() -> None:
     from stidi.cli import _overrides, build_parser
 
-    values = _overrides(build_parser().parse_args(["train", "--teacher", "run/best.safetensors", "--distill", "0.5"]))
+    values = _overrides(build_parser().parse_args(["train", "--teacher", "run/best.safetensors", "--distill", "0.5",
+                                                   "--distill-scope", "errors"]))
     assert values["train"]["teacher"] == "run/best.safetensors" and values["rule"]["distill"] == 0.5
+    assert values["rule"]["distill_scope"] == "errors"

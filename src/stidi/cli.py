@@ -44,6 +44,7 @@ TRAIN_FLAGS = {
     "--init-from": ("train", "init_from", {"metavar": "MODEL", "help": "start the leading layers whose shapes match from the weight patterns of a saved model (e.g. a real-valued run's best.safetensors for a binary network), each rescaled like a random draw so that model.init_firing_fraction of it fires (default: all random)"}),
     "--teacher": ("train", "teacher", {"metavar": "MODEL", "help": "a trained model (e.g. a real-valued run's best.safetensors) whose output spike times become soft targets, blended in by --distill (default: none)"}),
     "--distill": ("rule", "distill", {"type": float, "help": "λ in [0, 1]: the teacher's share of the output targets; each wrong class aims at its label target mixed with the teacher's delay of it behind the true class (default: 0 = labels only)"}),
+    "--distill-scope": ("rule", "distill_scope", {"choices": ["all", "errors"], "help": "which images --distill blends: all (default), or only those the labels already correct ('errors'), so an image classified with its margin keeps a zero error"}),
     "--seed": ("train", "seed", {"type": int, "help": "seed for initialisation and shuffling (default: 0)"}),
     "--train-limit": ("train", "train_limit", {"type": int, "help": "train on the first N images only (default: all)"}),
     "--test-limit": ("train", "test_limit", {"type": int, "help": "evaluate on the first N test images only (default: all)"}),

@@ -20,7 +20,8 @@ step from layer ``l``'s error and weights (the spike time displacement):
   :mod:`stidi.distill`): every output other than the true class aims at
   ``(1 − λ) target_j + λ (target_y + max(0, s_j − s_y))``, its label target blended with the
   teacher's delay behind the true class added to the true class's own target; with
-  ``targets = "softmax"`` the one-hot ``y`` becomes ``(1 − λ) y + λ softmax(−s/σ)``.
+  ``targets = "softmax"`` the one-hot ``y`` becomes ``(1 − λ) y + λ softmax(−s/σ)``;
+  ``distill_scope = "errors"`` blends only images the labels already correct.
   Only the targets change; the rule below is the same;
 * errors are normalised per layer and sample (``error_norm = "l2"``: ``e / ‖e‖₂``) or
   per layer and batch (``"batch_max"``: ``e / max_b ‖e_b‖₂``, so a sample with a small
@@ -94,11 +95,12 @@ class RuleOptions:
     slope_bins: int = 8
     revival_scope: str = "silent"
     distill: float = 0.0
+    distill_scope: str = "all"
 
 
 def output_error(t_out: torch.Tensor, labels: torch.Tensor, T: int, gamma: float, forced_firing: bool,
                  floor: float = 0.0, targets: str = "earliest", temperature: float = 2.0,
-                 teacher: torch.Tensor | None = None, distill: float = 0.0) -> torch.Tensor:
+                 teacher: torch.Tensor | None = None, distill: float = 0.0, distill_scope: str = "all") -> torch.Tensor:
     """Temporal error ``(target − t) / T`` of the output layer (unnormalised).
 
     The true class aims at a reference time ``r`` and every other output that fires
@@ -121,6 +123,9 @@ def output_error(t_out: torch.Tensor, labels: torch.Tensor, T: int, gamma: float
     target. A teacher that ranks ``j`` before the true class asks for no delay, never for
     ``j`` first. With ``"softmax"`` the one-hot ``y`` becomes ``(1 − λ) y + λ softmax(−s/σ)``
     (the soft labels of distillation). ``λ = 0`` or no teacher: the targets above.
+    ``distill_scope = "errors"`` blends only the images whose label targets already ask for a
+    change (some output off its label target), so an image classified with its margin keeps a
+    zero error; ``"all"`` blends every image.
     """
     fired = torch.isfinite(t_out)
     t = torch.where(fired, t_out, torch.full_like(t_out, T))
@@ -152,6 +157,8 @@ def output_error(t_out: torch.Tensor, labels: torch.Tensor, T: int, gamma: float
         delay = (soft - soft[rows, labels].unsqueeze(1)).clamp_min(0)
         blended = (1 - distill) * target + distill * (true_target + delay).clamp(max=T)
         others = ~F.one_hot(labels, t.shape[1]).bool()
+        if distill_scope == "errors":
+            others &= (target != t).any(dim=1, keepdim=True)
         target = torch.where(others, blended, target)
     return (target - t) / T
 
@@ -246,7 +253,7 @@ def update_sums(net: Network, trace: Trace, labels: torch.Tensor, opts: RuleOpti
     batch = B if batch is None else batch
     sums: list[torch.Tensor | None] = [None] * len(net.weighted)
     error = output_error(trace.times[-1], labels, T, opts.gamma, net.forced_firing, opts.decision_floor, opts.targets,
-                         opts.softmax_temperature, teacher, opts.distill)
+                         opts.softmax_temperature, teacher, opts.distill, opts.distill_scope)
     error = normalise(error, opts.error_norm, agree)
     shift = None  # displacement of the current layer's outputs, from the layer above
     for i in reversed(range(len(net.layers))):
