@@ -104,12 +104,15 @@ def sweep_tables() -> list[str]:
     for path in sorted((ROOT / "results").glob("sweep-*.json")):
         sweep = json.loads(path.read_text())
         rows = sweep["rows"]
-        common = {k: v for k, v in rows[0]["overrides"].items() if all(r["overrides"].get(k) == v for r in rows)}
+        control = sweep_control(sweep["sweep"])
+        # common: the overrides every row shares, the borrowed control's included, so that no change of the
+        # variants is read as the control's
+        shared = rows + ([control[1]] if control else [])
+        common = {k: v for k, v in rows[0]["overrides"].items() if all(r["overrides"].get(k) == v for r in shared)}
         base = sweep.get("base_at") or f"benchmarks/configs/{sweep['base']}.toml"
         stopped = (" Variants with fewer epochs were stopped before their last epoch, by the sweep's `--deadline` or by hand "
                    "(the sweep's TOML file says why)." if len({r["epochs_done"] for r in rows}) > 1 else "")
         note = f" ({sweep['commit_note']})" if sweep.get("commit_note") else ""
-        control = sweep_control(sweep["sweep"])
         borrowed = (f" The control row comes from the sweep `{control[0]}` (`results/sweep-{control[0]}.json`, commit "
                     f"`{control[2][:7]}`), with the same base config and budget; it was not trained again." if control else "")
         with_train = any(r.get("train_accuracy_by_epoch") for r in rows)  # sweeps collected before it was recorded lack it
@@ -120,10 +123,12 @@ def sweep_tables() -> list[str]:
                 "| variant | changes | epochs | validation accuracy by epoch | test at best validation | first-layer firing (last epoch) |"
                 + (" training accuracy (last epoch) |" if with_train else ""),
                 "|---|---|---|---|---|---|" + ("---|" if with_train else "")]
-        table = [(r["variant"], r, ", ".join(f"{k} = {v}" for k, v in r["overrides"].items() if k not in common) or "—")
-                 for r in rows]
+        def changes(r: dict) -> str:
+            return ", ".join(f"{k} = {v}" for k, v in r["overrides"].items() if k not in common) or "—"
+
+        table = [(r["variant"], r, changes(r)) for r in rows]
         if control:
-            table.insert(0, (f"control: `{control[0]}` {control[1]['variant']}", control[1], "—"))
+            table.insert(0, (f"control: `{control[0]}` {control[1]['variant']}", control[1], changes(control[1])))
         for label, r, changes in table:
             vals = " → ".join(f"{100 * v:.2f}" for v in r["val_accuracy_by_epoch"] if v is not None) or "—"
             firing = r["firing_fraction_last"][0] if r["firing_fraction_last"] else None

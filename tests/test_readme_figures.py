@@ -31,3 +31,24 @@ def test_speed_table_matches_results_throughput_json() -> None:
     throughput = benchmark_script("throughput")
     result = json.loads((ROOT / "results" / "throughput.json").read_text())
     assert readme_block(throughput.SPEED_START, throughput.SPEED_END) == throughput.readme_speed_block(result)
+
+
+def test_sweep_tables_never_credit_a_borrowed_control_with_the_variants_changes() -> None:
+    """A sweep that borrows its control from another sweep lists as common only the overrides that
+    control shares too; the variants' own changes (e.g. bcsnn-sgd's optimizer) stay in their rows."""
+    render = benchmark_script("render_results")
+    text = "\n".join(render.sweep_tables())
+    checked = 0
+    for path in sorted((ROOT / "results").glob("sweep-*.json")):
+        name = json.loads(path.read_text())["sweep"]
+        control = render.sweep_control(name)
+        if not control:
+            continue
+        section = text.split(f"### `{name}`", 1)[1].split("\n### ", 1)[0]
+        header = section.split("Against ", 1)[1].split(". `", 1)[0]
+        for key, value in control[1]["overrides"].items():
+            header = header.replace(f"{key} = {value}", "")
+        assert " = " not in header, f"{name}: the table's common changes include one its control lacks: {header}"
+        checked += 1
+    assert checked > 0
+    assert "| sgd-3x | train.optimizer = sgd," in text.split("### `bcsnn-sgd`", 1)[1]
