@@ -94,7 +94,7 @@ class RuleConfig:
     softmax_temperature: float = _field(2.0, POSITIVE, "σ (steps) of targets = 'softmax': the time scale of p = softmax(−t/σ)")
     binary_displacement: str = _field("real", one_of("real", "forward"), "weights of a binary layer in the displacement: the real weights w ('real', the specification) or the forward pass's α·sign(w) ('forward')")
     distill: float = _field(0.0, (lambda v: 0 <= v <= 1, "a number in [0, 1]"), "λ: blend the output targets with those of the teacher network of train.teacher, λ its share: each other class aims at its label target mixed with the teacher's delay of it behind the true class (0: labels only; needs train.teacher when > 0)")
-    distill_scope: str = _field("all", one_of("all", "errors"), "which images rule.distill blends: every image ('all'), or only those whose label targets already ask for a change ('errors'), so an image classified with its margin keeps a zero error")
+    distill_scope: str = _field("all", one_of("all", "errors"), "which images rule.distill blends: every image ('all'), or only those whose label targets already ask for a change ('errors'), so an image classified with its margin keeps a zero error; margin targets only, since with targets = 'softmax' every image has an error")
     decision_floor: float = _field(0.0, NON_NEGATIVE, "t_f (steps): the targets' reference time r becomes max(r, t_f), so a decision before t_f is pushed later (0: the plain rule)")
 
 
