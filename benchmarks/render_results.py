@@ -123,12 +123,12 @@ def sweep_tables() -> list[str]:
                 "| variant | changes | epochs | validation accuracy by epoch | test at best validation | first-layer firing (last epoch) |"
                 + (" training accuracy (last epoch) |" if with_train else ""),
                 "|---|---|---|---|---|---|" + ("---|" if with_train else "")]
-        def changes(r: dict) -> str:
+        def changes_of(r: dict) -> str:
             return ", ".join(f"{k} = {v}" for k, v in r["overrides"].items() if k not in common) or "—"
 
-        table = [(r["variant"], r, changes(r)) for r in rows]
+        table = [(r["variant"], r, changes_of(r)) for r in rows]
         if control:
-            table.insert(0, (f"control: `{control[0]}` {control[1]['variant']}", control[1], changes(control[1])))
+            table.insert(0, (f"control: `{control[0]}` {control[1]['variant']}", control[1], changes_of(control[1])))
         for label, r, changes in table:
             vals = " → ".join(f"{100 * v:.2f}" for v in r["val_accuracy_by_epoch"] if v is not None) or "—"
             firing = r["firing_fraction_last"][0] if r["firing_fraction_last"] else None

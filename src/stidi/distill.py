@@ -45,15 +45,16 @@ def load_teacher(path: str, student: Network, input_shape: tuple[int, ...]) -> N
 
 
 @torch.no_grad()
-def teacher_times(teacher: Network, spike_times: Callable[[torch.Tensor, Network], torch.Tensor], count: int,
+def teacher_times(teacher: Network, spike_times: Callable[[torch.Tensor, Network], torch.Tensor], index: torch.Tensor,
                   progress: Callable[[int], None] | None = None) -> torch.Tensor:
-    """The teacher's output spike times (``inf``: silent) for images ``0 … count − 1``, shape
-    ``(count, classes)``: ``spike_times(index, teacher)`` encodes the images the teacher's way
-    (its own ``T`` and contrast curve); ``progress(n)`` is told of every ``n`` images done."""
+    """The teacher's output spike times (``inf``: silent) for the images ``index``, shape
+    ``(len(index), classes)``, in passes of at most ``TEACHER_BATCH`` images:
+    ``spike_times(index, teacher)`` encodes the images the teacher's way (its own ``T`` and
+    contrast curve); ``progress(n)`` is told of every ``n`` images done."""
     out = []
-    for start in range(0, count, TEACHER_BATCH):
-        index = torch.arange(start, min(start + TEACHER_BATCH, count))
-        out.append(teacher.trace(spike_times(index, teacher)).times[-1].reshape(len(index), -1))
+    for start in range(0, len(index), TEACHER_BATCH):
+        part = index[start : start + TEACHER_BATCH]
+        out.append(teacher.trace(spike_times(part, teacher)).times[-1].reshape(len(part), -1))
         if progress is not None:
-            progress(len(index))
+            progress(len(part))
     return torch.cat(out) if out else torch.empty((0, teacher.shapes[-1][0]))

@@ -553,13 +553,12 @@ class Trainer:
     def _teacher_targets(self, idx: torch.Tensor, moves: torch.Tensor | None) -> torch.Tensor | None:
         """The teacher's output spike times for training images ``idx`` (moved by ``moves`` if given),
         on the student's time scale (times × student T / teacher T); None without distillation.
-        Unmoved images come from a table made with one pass over the training set on first use."""
+        Unmoved images come from a table made once per run (:meth:`_make_teacher_table`)."""
         if self.teacher is None:
             return None
         data, teacher = self.train_set, self.teacher
         if moves is not None:
-            with torch.no_grad():
-                times = teacher.trace(data.spike_times(idx, teacher, moves[idx])).times[-1].reshape(len(idx), -1)
+            times = teacher_times(teacher, lambda index, net: data.spike_times(index, net, moves[index]), idx)
         else:
             self._make_teacher_table()
             times = self._teacher_table[idx]
@@ -573,7 +572,8 @@ class Trainer:
         data = self.train_set
         self.log(f"computing the output spike times of the teacher {self.t.teacher} on {len(data)} training images")
         bar = self._progress_bar(None, 0)
-        self._teacher_table = teacher_times(self.teacher, data.spike_times, len(data), bar.update if bar else None)
+        self._teacher_table = teacher_times(self.teacher, data.spike_times, torch.arange(len(data)),
+                                            bar.update if bar else None)
         if bar is not None:
             bar.close()
 
