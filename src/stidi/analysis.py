@@ -115,8 +115,8 @@ def inspect_network(net: Network, t_in: torch.Tensor, labels: torch.Tensor | Non
         trace = net.trace(x)
         pred = net.readout(trace)
         t_dec = pred.decision_time.clamp(max=T)
-        if trace.times[-1][0].numel() > 1:
-            first_two = trace.times[-1].clamp(max=T).flatten(1).topk(2, dim=1, largest=False).values
+        if net.num_classes > 1:
+            first_two = net.class_times(trace.times[-1]).clamp(max=T).topk(2, dim=1, largest=False).values
             gaps.append(first_two[:, 1] - first_two[:, 0])
         for l, t in enumerate(trace.times):
             flat = t.flatten(1)

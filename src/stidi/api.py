@@ -182,8 +182,8 @@ def fit(
     n_classes = int(train_set.labels.max()) + 1 if len(train_set) else 0
     net_classes = build_network(cfg).num_classes
     if n_classes > net_classes:
-        raise ConfigError(f"network '{network}' has {net_classes} outputs but the labels go up to {n_classes - 1}; "
-                          f"end the spec with -{n_classes}")
+        raise ConfigError(f"network '{network}' has {net_classes} classes but the labels go up to {n_classes - 1}; "
+                          f"end the spec with -{n_classes * cfg.model.population}")
     if test is None:
         train_set, test_set = _split(train_set, 0.1, cfg.train.seed)
     else:
@@ -250,5 +250,6 @@ def save(path: str | Path, net: Network, config: Config | None = None) -> None:
     if config is None:
         config = make_config(net.spec, net.input_shape, T=net.T, tau=net.tau, forced_firing=net.forced_firing,
                              threshold=list(net.thresholds), binary=list(net.binary), binary_scale=net.binary_scale,
-                             input_power=net.input_power, input_polarity=net.input_polarity)
+                             input_power=net.input_power, input_polarity=net.input_polarity, bias=net.bias,
+                             population=net.population)
     save_model(Path(path).with_suffix(".safetensors"), net, config)

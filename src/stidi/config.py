@@ -75,6 +75,7 @@ class ModelConfig:
     init_firing_fraction: float | list = _field(0.3, each(FRACTION), "fraction of each weighted layer that fires before T after initialisation")
     binary: bool | list = _field(False, (lambda v: all(isinstance(x, bool) for x in v) if isinstance(v, list) else True, "true/false or a list of them"), "binary weights: forward with α·sign(w), the rule updates the real w (per weighted layer or one for all)")
     bias: bool = _field(False, None, "every weighted layer also sees an input spike at t = 0 whose weight (one per neuron, per output channel in a convolution) the rule learns: a drive or leak b·ε(t) added to the potential (real-valued layers only)")
+    population: int = _field(1, POSITIVE, "output neurons per class: the last layer's units form one group of this many consecutive neurons per class (end the spec with classes × population), and a class fires when the earliest neuron of its group does (1: one neuron per class)")
     binary_scale: str = _field("mean_abs", one_of(*BINARY_SCALES), "α of a binary layer: mean |w| of the real weights ('mean_abs'), fixed at initialisation ('fixed'), or one α per output neuron or channel, set at initialisation and learnt by the rule ('channel')")
 
 
@@ -95,6 +96,7 @@ class RuleConfig:
     binary_displacement: str = _field("real", one_of("real", "forward"), "weights of a binary layer in the displacement: the real weights w ('real', the specification) or the forward pass's α·sign(w) ('forward')")
     distill: float = _field(0.0, (lambda v: 0 <= v <= 1, "a number in [0, 1]"), "λ: blend the output targets with those of the teacher network of train.teacher, λ its share: each other class aims at its label target mixed with the teacher's delay of it behind the true class (0: labels only; needs train.teacher when > 0)")
     distill_scope: str = _field("all", one_of("all", "errors"), "which images rule.distill blends: every image ('all'), or only those whose label targets already ask for a change ('errors'), so an image classified with its margin keeps a zero error; margin targets only, since with targets = 'softmax' every image has an error")
+    population_update: str = _field("winner", one_of("winner", "all"), "with model.population > 1, which neurons of a class's group the output error moves: the group's earliest spike only, as a pooling layer routes its error ('winner'), or every neuron of the group toward the class's target, wrong classes' neurons only ever later ('all')")
     decision_floor: float = _field(0.0, NON_NEGATIVE, "t_f (steps): the targets' reference time r becomes max(r, t_f), so a decision before t_f is pushed later (0: the plain rule)")
 
 
@@ -202,7 +204,7 @@ def validate(config: Config, source: str = "config") -> None:
     (:data:`PER_LAYER_FIELDS`) is one value or a list with one per weighted layer, so a wrong length is caught when
     the configuration is read, with the file named, not when training starts; the slope latency derivative needs
     the ramp PSP; late revival needs the mask gate; the decision floor must lie before ``T``; dropout must leave
-    the output layer alone; distillation needs a teacher."""
+    the output layer alone; distillation needs a teacher; the population must divide the outputs."""
     try:
         layers = parse_spec(config.model.network, encoded_shape(tuple(config.model.input_shape), config.model.input_polarity),
                             math.prod(config.model.input_shape))
@@ -230,6 +232,10 @@ def validate(config: Config, source: str = "config") -> None:
     if config.rule.distill > 0 and not config.train.teacher:
         raise ConfigError(f"{source}: rule.distill = {config.rule.distill} needs a teacher: set train.teacher to a trained "
                           "model (e.g. a run's best.safetensors), or distill = 0 to learn from the labels only")
+    if layers[-1].units % config.model.population:
+        raise ConfigError(f"{source}: model.population = {config.model.population} does not divide the {layers[-1].units} outputs "
+                          f"of {config.model.network}; end the spec with classes × population, e.g. -{10 * config.model.population} "
+                          "for 10 classes")
     if config.rule.decision_floor >= config.model.T:
         raise ConfigError(f"{source}: rule.decision_floor = {config.rule.decision_floor} must be below model.T = {config.model.T} "
                           "(the reference time of the output targets; 0 turns it off)")

@@ -29,7 +29,7 @@ TEACHER_BATCH = 256
 
 def load_teacher(path: str, student: Network, input_shape: tuple[int, ...]) -> Network:
     """The network saved at ``path`` (``train.teacher``), checked against the student: same input
-    image shape and the same number of outputs; the error names the path and what differs."""
+    image shape and the same number of classes; the error names the path and what differs."""
     where = f"train.teacher = '{path}'"
     try:  # load_model's own checks name what is wrong with the file (missing, not a model, corrupt)
         teacher, config, _ = load_model(path)
@@ -38,23 +38,23 @@ def load_teacher(path: str, student: Network, input_shape: tuple[int, ...]) -> N
     if tuple(config.model.input_shape) != tuple(input_shape):
         raise StidiError(f"{where}: the teacher reads images of shape {tuple(config.model.input_shape)}, this network "
                          f"{tuple(input_shape)}; give a teacher trained on the same dataset")
-    if teacher.shapes[-1] != student.shapes[-1]:
-        raise StidiError(f"{where}: the teacher ({config.model.network}) has {teacher.shapes[-1][0]} outputs, this network "
-                         f"({student.spec}) {student.shapes[-1][0]}; they must classify the same classes")
+    if teacher.num_classes != student.num_classes:
+        raise StidiError(f"{where}: the teacher ({config.model.network}) has {teacher.num_classes} classes, this network "
+                         f"({student.spec}) {student.num_classes}; they must classify the same classes")
     return teacher
 
 
 @torch.no_grad()
 def teacher_times(teacher: Network, spike_times: Callable[[torch.Tensor, Network], torch.Tensor], index: torch.Tensor,
                   progress: Callable[[int], None] | None = None) -> torch.Tensor:
-    """The teacher's output spike times (``inf``: silent) for the images ``index``, shape
+    """The teacher's output spike times per class (``inf``: silent) for the images ``index``, shape
     ``(len(index), classes)``, in passes of at most ``TEACHER_BATCH`` images:
     ``spike_times(index, teacher)`` encodes the images the teacher's way (its own ``T`` and
     contrast curve); ``progress(n)`` is told of every ``n`` images done."""
     out = []
     for start in range(0, len(index), TEACHER_BATCH):
         part = index[start : start + TEACHER_BATCH]
-        out.append(teacher.trace(spike_times(part, teacher)).times[-1].reshape(len(part), -1))
+        out.append(teacher.class_times(teacher.trace(spike_times(part, teacher)).times[-1].reshape(len(part), -1)))
         if progress is not None:
             progress(len(part))
-    return torch.cat(out) if out else torch.empty((0, teacher.shapes[-1][0]))
+    return torch.cat(out) if out else torch.empty((0, teacher.num_classes))

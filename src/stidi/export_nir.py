@@ -64,6 +64,10 @@ def differences(net: Network) -> list[str]:
     if net.input_polarity == "on_off":
         out.append(f"ON/OFF input: channels {net.input_shape[0]}..{2 * net.input_shape[0] - 1} of the input encode 1 - x "
                    "with the same curve, outside the graph (graph metadata input_polarity)")
+    if net.population > 1:
+        out.append(f"population readout: the {net.shapes[-1][0]} outputs are {net.num_classes} classes of {net.population} "
+                   f"consecutive neurons each (class c: outputs c*{net.population}..c*{net.population}+{net.population - 1}), "
+                   "a class firing with its earliest neuron, outside the graph (graph metadata population)")
     if not math.isinf(net.tau):
         out.append(f"PSP rise time tau={net.tau:g}: the ramp's saturation after tau steps is not in the graph "
                    "(I + IF model the pure ramp); metadata tau holds it")
@@ -129,6 +133,7 @@ def to_nir(net: Network):
         "input_polarity": net.input_polarity,
         "readout": "predicted class = earliest output spike; ties broken by the higher membrane potential",
         "forced_firing": int(net.forced_firing),
+        "population": net.population,
         "neuron": "non-leaky IF, no reset, at most one spike, PSP eps(s) = min(s, tau)/tau (s/T for tau = inf)",
     }
     return nir.NIRGraph(nodes=nodes, edges=edges, metadata=metadata)

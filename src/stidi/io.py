@@ -77,7 +77,7 @@ def build_network(config: Config) -> Network:
     """An (uninitialised) network described by ``config.model``."""
     m = config.model
     return Network(m.network, tuple(m.input_shape), m.T, m.tau, m.threshold, m.forced_firing, m.binary, m.binary_scale,
-                   m.input_power, m.input_polarity, m.bias)
+                   m.input_power, m.input_polarity, m.bias, m.population)
 
 
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], info: dict) -> None:

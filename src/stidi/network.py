@@ -116,6 +116,11 @@ class Network(nn.Module):
             which is the same as a learnt threshold ``θ_l / α_lj`` per neuron.
         bias: every weighted layer also gets an input spike at ``t = 0`` with a trainable
             weight per neuron (per output channel for a convolution), see :meth:`layer_operands`.
+        population: output neurons per class. The last layer's ``C·k`` units form ``C`` groups
+            of ``k`` consecutive neurons (class ``c``: units ``c·k … c·k + k − 1``); a class's
+            output time is the earliest spike of its group, ``t_c = min_m t_{c·k+m}``
+            (:meth:`class_times`), so a class can answer to any of ``k`` learnt templates.
+            ``1``: one neuron per class.
     """
 
     def __init__(
@@ -131,6 +136,7 @@ class Network(nn.Module):
         input_power: float = 1.0,
         input_polarity: str = "on",
         bias: bool = False,
+        population: int = 1,
     ) -> None:
         super().__init__()
         self.spec = spec
@@ -146,6 +152,10 @@ class Network(nn.Module):
         if any(th <= 0 for th in self.thresholds):
             raise ConfigError(f"threshold: every value must be > 0, got {self.thresholds}")
         self.bias = bool(bias)
+        self.population = int(population)
+        if self.population < 1 or self.layers[-1].units % self.population:
+            raise ConfigError(f"population = {population}: the last layer's {self.layers[-1].units} outputs must split into "
+                              f"groups of that many neurons, one group per class; end the spec with classes × population")
         self.weights = nn.ParameterList(
             nn.Parameter(torch.zeros(self.layers[i].weight_shape(self.operand_shape(i))), requires_grad=False)
             for i in self.weighted
@@ -169,7 +179,15 @@ class Network(nn.Module):
 
     @property
     def num_classes(self) -> int:
-        return self.layers[-1].units
+        return self.layers[-1].units // self.population
+
+    def class_times(self, t_out: torch.Tensor) -> torch.Tensor:
+        """Output time of each class, ``(B, classes)``: the earliest spike of its group of
+        ``population`` output neurons (``inf`` when the whole group is silent); ``t_out`` itself
+        for one neuron per class."""
+        if self.population == 1:
+            return t_out
+        return t_out.reshape(t_out.shape[0], self.num_classes, self.population).min(dim=2).values
 
     def weight_of(self, layer_index: int) -> torch.Tensor:
         """Weight used in the forward pass of weighted layer ``layer_index`` (``α · sign(w)`` if binary)."""
@@ -302,6 +320,9 @@ class Network(nn.Module):
 
         A tie that the potential does not break, or (without forced firing) a sample
         whose outputs all stayed silent, gets class ``-1`` and is never counted correct.
+        With a ``population`` of output neurons per class, neurons of one class never tie
+        with each other: a class's time is its group's earliest spike and its potential
+        the highest among its neurons that fired then. ``output_times`` are the classes' times.
         """
         t_out = trace.times[-1]
         t_read = t_out.clamp(max=self.T) if self.forced_firing else t_out
@@ -312,6 +333,9 @@ class Network(nn.Module):
             self.layer_operands(last, trace.times[-2])[0], self.weight_of(last), torch.where(decided, t_min, 0.0), self.T, self.tau
         )
         u = torch.where(t_read == t_min.unsqueeze(1), u, torch.full_like(u, -math.inf))
+        if self.population > 1:
+            u = u.reshape(len(u), self.num_classes, self.population).max(dim=2).values
+            t_out = self.class_times(t_out)
         best = u.max(dim=1, keepdim=True).values
         unique = ((u == best) & torch.isfinite(u)).sum(dim=1) == 1
         classes = torch.where(decided & unique, u.argmax(dim=1), torch.full_like(t_min, -1, dtype=torch.long))

@@ -23,6 +23,10 @@ step from layer ``l``'s error and weights (the spike time displacement):
   ``targets = "softmax"`` the one-hot ``y`` becomes ``(1 − λ) y + λ softmax(−s/σ)``;
   ``distill_scope = "errors"`` blends only images the labels already correct.
   Only the targets change; the rule below is the same;
+* a population of ``k`` output neurons per class (``model.population``): the targets above
+  are set on the classes' times, each the earliest spike of its group, and a class's error
+  goes to its earliest neuron (``population_update = "winner"``) or moves every neuron of
+  the group toward the class's target (``"all"``; :func:`population_error`);
 * errors are normalised per layer and sample (``error_norm = "l2"``: ``e / ‖e‖₂``) or
   per layer and batch (``"batch_max"``: ``e / max_b ‖e_b‖₂``, so a sample with a small
   error keeps a small share of the step instead of a unit one);
@@ -96,6 +100,35 @@ class RuleOptions:
     revival_scope: str = "silent"
     distill: float = 0.0
     distill_scope: str = "all"
+    population_update: str = "winner"
+
+
+def population_error(t_out: torch.Tensor, class_error: torch.Tensor, labels: torch.Tensor, T: int, mode: str) -> torch.Tensor:
+    """Output error of each of the ``k`` neurons per class (``t_out``: ``(B, C·k)``), from the
+    classes' errors ``class_error`` (``(B, C)``, :func:`output_error` on the class times
+    ``t_c = min_m t_{c·k+m}``).
+
+    ``"winner"``: the class's error goes to its earliest neuron only (the first, on a tie),
+    as a pooling layer routes its error: that is ``∂t_c/∂t_n``. ``"all"``: with ``τ_c = t_c + T e_c``
+    the class's target, every neuron ``n`` of the true class aims at ``τ_y``, ``e_n = (τ_y − t_n)/T``,
+    and every neuron of another class that fires before ``τ_c`` is pushed to it,
+    ``e_n = max(0, τ_c − t_n)/T`` (silent neurons read as ``T``), so no neuron of a wrong class
+    is ever asked to fire earlier. A sample whose classes' errors are all zero (classified with
+    its margin) keeps a zero error in both modes, as with one neuron per class.
+    """
+    B, C = class_error.shape
+    k = t_out.shape[1] // C
+    t = torch.where(torch.isfinite(t_out), t_out, torch.full_like(t_out, T)).reshape(B, C, k)
+    if mode == "winner":
+        error = torch.zeros_like(t)
+        error.scatter_(2, t.argmin(dim=2, keepdim=True), class_error.unsqueeze(2))
+        return error.reshape(B, C * k)
+    target = (t.min(dim=2).values + T * class_error).unsqueeze(2)
+    error = (target - t) / T
+    wrong = ~F.one_hot(labels, C).bool().unsqueeze(2)
+    error = torch.where(wrong, error.clamp_min(0), error)
+    learns = (class_error != 0).any(dim=1).view(B, 1, 1)
+    return torch.where(learns, error, torch.zeros_like(error)).reshape(B, C * k)
 
 
 def output_error(t_out: torch.Tensor, labels: torch.Tensor, T: int, gamma: float, forced_firing: bool,
@@ -252,8 +285,11 @@ def update_sums(net: Network, trace: Trace, labels: torch.Tensor, opts: RuleOpti
     T, B = net.T, labels.shape[0]
     batch = B if batch is None else batch
     sums: list[torch.Tensor | None] = [None] * len(net.weighted)
-    error = output_error(trace.times[-1], labels, T, opts.gamma, net.forced_firing, opts.decision_floor, opts.targets,
+    t_out = trace.times[-1]
+    error = output_error(net.class_times(t_out), labels, T, opts.gamma, net.forced_firing, opts.decision_floor, opts.targets,
                          opts.softmax_temperature, teacher, opts.distill, opts.distill_scope)
+    if net.population > 1:
+        error = population_error(t_out, error, labels, T, opts.population_update)
     error = normalise(error, opts.error_norm, agree)
     shift = None  # displacement of the current layer's outputs, from the layer above
     for i in reversed(range(len(net.layers))):
