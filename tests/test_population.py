@@ -41,8 +41,11 @@ def test_the_winner_takes_its_class_error_and_all_moves_the_group() -> None:
     # all: every neuron of the true class aims at 40; of class 1 only the neuron before 48 is pushed
     want = torch.tensor([[(40 - 50) / T, (40 - 42) / T, (40 - 70) / T, (48 - 44) / T, 0, 0]], dtype=torch.float64)
     assert torch.allclose(_pop(t, [0], e, "all"), want)
-    # a sample classified with its margin keeps a zero error in both modes
-    for mode in ("winner", "all"):
+    # offenders: the true class's winner only, and the wrong class's neurons before 48
+    want[0, [0, 2]] = 0
+    assert torch.allclose(_pop(t, [0], e, "offenders"), want)
+    # a sample classified with its margin keeps a zero error in every mode
+    for mode in ("winner", "all", "offenders"):
         assert torch.equal(_pop(t, [0], [[0.0, 0.0]], mode), torch.zeros(1, 6, dtype=torch.float64))
 
 
@@ -57,12 +60,16 @@ def test_each_group_sums_to_its_class_error_for_the_winner_and_wrong_classes_nev
     winner = population_error(t_out, e_class, labels, T, "winner").reshape(len(times), 3, 2)
     assert torch.equal(winner.sum(dim=2), e_class)
     assert int((winner != 0).sum(dim=2).max()) <= 1
-    spread = population_error(t_out, e_class, labels, T, "all").reshape(len(times), 3, 2)
     wrong = ~torch.nn.functional.one_hot(labels, 3).bool()
-    assert (spread[wrong] >= 0).all()
-    # the group's earliest neuron gets the class's own error in both modes
-    first = spread.gather(2, t_out.clamp(max=T).reshape(len(times), 3, 2).argmin(dim=2, keepdim=True)).squeeze(2)
-    assert torch.allclose(first, e_class)
+    for mode in ("all", "offenders"):
+        spread = population_error(t_out, e_class, labels, T, mode).reshape(len(times), 3, 2)
+        assert (spread[wrong] >= 0).all()
+        # the group's earliest neuron gets the class's own error in every mode
+        first = spread.gather(2, t_out.clamp(max=T).reshape(len(times), 3, 2).argmin(dim=2, keepdim=True)).squeeze(2)
+        assert torch.allclose(first, e_class)
+    # offenders: the true class as for the winner, the wrong classes as for all
+    offenders = population_error(t_out, e_class, labels, T, "offenders").reshape(len(times), 3, 2)
+    assert torch.equal(offenders[~wrong], winner[~wrong]) and torch.equal(offenders[wrong], spread[wrong])
 
 
 def _copied(net: Network, k: int) -> Network:
@@ -85,6 +92,7 @@ def test_copies_of_each_output_neuron_read_and_learn_like_one_neuron_per_class()
     pop = _copied(net, 3)
     one, three = net.predict(t_in), pop.predict(t_in)
     assert torch.equal(one.classes, three.classes) and torch.equal(one.output_times, three.output_times)
+    assert torch.equal(pop.predict(t_in, early_exit=True).classes, three.classes)
     for targets in ("split", "earliest", "softmax"):
         opts = RuleOptions(gamma=4.0, targets=targets)
         G1 = update_directions(net, net.trace(t_in), labels, opts)
@@ -132,8 +140,8 @@ def test_a_population_that_does_not_divide_the_outputs_is_refused_with_the_fix(t
 def test_the_flags_reach_the_configuration() -> None:
     from stidi.cli import _overrides, build_parser
 
-    values = _overrides(build_parser().parse_args(["train", "--population", "5", "--population-update", "all"]))
-    assert values["model"]["population"] == 5 and values["rule"]["population_update"] == "all"
+    values = _overrides(build_parser().parse_args(["train", "--population", "5", "--population-update", "offenders"]))
+    assert values["model"]["population"] == 5 and values["rule"]["population_update"] == "offenders"
 
 
 def test_nir_export_names_the_groups() -> None:

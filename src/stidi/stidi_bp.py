@@ -25,8 +25,9 @@ step from layer ``l``'s error and weights (the spike time displacement):
   Only the targets change; the rule below is the same;
 * a population of ``k`` output neurons per class (``model.population``): the targets above
   are set on the classes' times, each the earliest spike of its group, and a class's error
-  goes to its earliest neuron (``population_update = "winner"``) or moves every neuron of
-  the group toward the class's target (``"all"``; :func:`population_error`);
+  goes to its earliest neuron (``population_update = "winner"``), moves every neuron of
+  the group toward the class's target (``"all"``), or, for the wrong classes only, pushes every
+  neuron that fires before the class's target (``"offenders"``; :func:`population_error`);
 * errors are normalised per layer and sample (``error_norm = "l2"``: ``e / ‖e‖₂``) or
   per layer and batch (``"batch_max"``: ``e / max_b ‖e_b‖₂``, so a sample with a small
   error keeps a small share of the step instead of a unit one);
@@ -113,20 +114,22 @@ def population_error(t_out: torch.Tensor, class_error: torch.Tensor, labels: tor
     the class's target, every neuron ``n`` of the true class aims at ``τ_y``, ``e_n = (τ_y − t_n)/T``,
     and every neuron of another class that fires before ``τ_c`` is pushed to it,
     ``e_n = max(0, τ_c − t_n)/T`` (silent neurons read as ``T``), so no neuron of a wrong class
-    is ever asked to fire earlier. A sample whose classes' errors are all zero (classified with
-    its margin) keeps a zero error in both modes, as with one neuron per class.
+    is ever asked to fire earlier. ``"offenders"``: the true class's error goes to its earliest
+    neuron, as with ``"winner"``, and every neuron of another class that fires before ``τ_c`` is
+    pushed to it, as with ``"all"``. A sample whose classes' errors are all zero (classified with
+    its margin) keeps a zero error in every mode, as with one neuron per class.
     """
     B, C = class_error.shape
     k = t_out.shape[1] // C
     t = torch.where(torch.isfinite(t_out), t_out, torch.full_like(t_out, T)).reshape(B, C, k)
+    winner = torch.zeros_like(t)
+    winner.scatter_(2, t.argmin(dim=2, keepdim=True), class_error.unsqueeze(2))
     if mode == "winner":
-        error = torch.zeros_like(t)
-        error.scatter_(2, t.argmin(dim=2, keepdim=True), class_error.unsqueeze(2))
-        return error.reshape(B, C * k)
+        return winner.reshape(B, C * k)
     target = (t.min(dim=2).values + T * class_error).unsqueeze(2)
     error = (target - t) / T
     wrong = ~F.one_hot(labels, C).bool().unsqueeze(2)
-    error = torch.where(wrong, error.clamp_min(0), error)
+    error = torch.where(wrong, error.clamp_min(0), error if mode == "all" else winner)
     learns = (class_error != 0).any(dim=1).view(B, 1, 1)
     return torch.where(learns, error, torch.zeros_like(error)).reshape(B, C * k)
 
