@@ -98,6 +98,17 @@ def sweep_control(name: str) -> tuple[str, dict, str] | None:
     return read_control(path)
 
 
+def other_machine(sweep: dict, control_sweep: str) -> str:
+    """A sentence saying that a borrowed control was trained on another kind of CPU than ``sweep``'s variants
+    (runs repeat to the digit on one kind only), or "" when the kinds agree or one is unknown."""
+    path = ROOT / "results" / f"sweep-{control_sweep}.json"
+    theirs = json.loads(path.read_text()).get("software", {}).get("cpu_capability") if path.exists() else None
+    ours = sweep.get("software", {}).get("cpu_capability")
+    if not theirs or not ours or theirs == ours:
+        return ""
+    return f" It was trained on a machine with {theirs}, this sweep's variants on one with {ours}."
+
+
 def sweep_tables() -> list[str]:
     """One table per results/sweep-NAME.json: the variants, best first, compared on validation accuracy."""
     out = []
@@ -114,11 +125,17 @@ def sweep_tables() -> list[str]:
                    "(the sweep's TOML file says why)." if len({r["epochs_done"] for r in rows}) > 1 else "")
         note = f" ({sweep['commit_note']})" if sweep.get("commit_note") else ""
         borrowed = (f" The control row comes from the sweep `{control[0]}` (`results/sweep-{control[0]}.json`, commit "
-                    f"`{control[2][:7]}`), with the same base config and budget; it was not trained again." if control else "")
+                    f"`{control[2][:7]}`), with the same base config and budget; it was not trained again."
+                    f"{other_machine(sweep, control[0])}" if control else "")
+        commits = sweep.get("commits") or [sweep["commit"]]
+        log = path.with_suffix(".log")
+        where = (f"at commit `{sweep['commit'][:7]}`" if len(commits) == 1 else
+                 f"(the last of {len(commits)} launches, at commits {', '.join(f'`{c[:7]}`' for c in commits)}"
+                 + (f"; each launch's command is in `{log.relative_to(ROOT)}`)" if log.exists() else ")"))
         with_train = any(r.get("train_accuracy_by_epoch") for r in rows)  # sweeps collected before it was recorded lack it
         out += [f"### `{sweep['sweep']}`", "",
                 f"Against {base}, with {', '.join(f'{k} = {v}' for k, v in common.items()) or 'no common change'}. "
-                f"`{sweep['command']}` at commit `{sweep['commit'][:7]}`{note} on {sweep['machine']}, {sweep['jobs']} "
+                f"`{sweep['command']}` {where}{note} on {sweep['machine']}, {sweep['jobs']} "
                 f"variant{'s' * (sweep['jobs'] != 1)} at once, one thread each; file `{path.relative_to(ROOT)}`.{stopped}{borrowed}", "",
                 "| variant | changes | epochs | validation accuracy by epoch | test at best validation | first-layer firing (last epoch) |"
                 + (" training accuracy (last epoch) |" if with_train else ""),

@@ -52,3 +52,23 @@ def test_sweep_tables_never_credit_a_borrowed_control_with_the_variants_changes(
         checked += 1
     assert checked > 0
     assert "| sgd-3x | train.optimizer = sgd," in text.split("### `bcsnn-sgd`", 1)[1]
+
+
+def test_sweep_tables_name_every_launch_of_a_sweep() -> None:
+    """A sweep trained in several launches says so and names each launch's commit, not only the first
+    one's beside the last launch's command; a control from another kind of CPU is flagged."""
+    render = benchmark_script("render_results")
+    text = "\n".join(render.sweep_tables())
+    checked = 0
+    for path in sorted((ROOT / "results").glob("sweep-*.json")):
+        sweep = json.loads(path.read_text())
+        commits = sweep.get("commits") or [sweep["commit"]]
+        header = text.split(f"### `{sweep['sweep']}`", 1)[1].split("\n### ", 1)[0]
+        if len(commits) > 1:
+            assert f"the last of {len(commits)} launches" in header, sweep["sweep"]
+            assert all(f"`{c[:7]}`" in header for c in commits), sweep["sweep"]
+            checked += 1
+        else:
+            assert f"at commit `{sweep['commit'][:7]}`" in header, sweep["sweep"]
+    assert checked > 0
+    assert "machine with AVX512, this sweep's variants on one with AVX2" in text.split("### `bcsnn-population`", 1)[1]
