@@ -78,8 +78,8 @@ def _config(teacher: str = "", distill: float = 0.0, **train):
                                         "threads": 1, "lr": 0.05, "teacher": teacher, **train}})
 
 
-def _saved_teacher(tmp_path, network: str = "6C5-P2-10") -> str:
-    config = load_config(None, {"model": {"network": network, "T": 64}, "train": {"seed": 3}})
+def _saved_teacher(tmp_path, network: str = "6C5-P2-10", population: int = 1) -> str:
+    config = load_config(None, {"model": {"network": network, "T": 64, "population": population}, "train": {"seed": 3}})
     net = build_network(config)
     torch.manual_seed(0)
     net.initialise(torch.rand(64, 1, 28, 28).mul(64).floor(), 0.3, torch.Generator().manual_seed(3))
@@ -114,6 +114,13 @@ def test_moved_images_go_through_the_teacher_like_the_table(tmp_path) -> None:
     assert float(table[torch.isfinite(table)].max()) <= 32
 
 
+def test_a_teacher_with_a_population_per_class_gives_one_time_per_class(tmp_path) -> None:
+    trainer = Trainer(_config(_saved_teacher(tmp_path, "6C5-P2-30", population=3), 0.5), tmp_path / "run", _tiny_data(),
+                      False, lambda m: None)
+    table = trainer._teacher_targets(torch.tensor([3, 0, 7]), None)
+    assert table.shape == (3, 10)
+
+
 def _tiny_data():
     from stidi.train import Dataset
 
@@ -128,7 +135,7 @@ def test_a_share_without_a_teacher_or_a_teacher_of_other_classes_is_refused_by_n
     with pytest.raises(ConfigError, match=r"rule.distill = 1.5 is out of range"):
         _config("x", 1.5)
     other = _saved_teacher(tmp_path, "6C5-P2-12")
-    with pytest.raises(StidiError, match=r"train.teacher = .*teacher.safetensors.*12 outputs.*10"):
+    with pytest.raises(StidiError, match=r"train.teacher = .*teacher.safetensors.*12 classes.*10"):
         Trainer(_config(other, 0.5), tmp_path / "run", _tiny_data(), False, lambda m: None)
     with pytest.raises(StidiError, match=r"train.teacher = .*nope.safetensors"):
         Trainer(_config(str(tmp_path / "nope.safetensors"), 0.5), tmp_path / "run", _tiny_data(), False, lambda m: None)
