@@ -14,6 +14,15 @@ out to choose the epoch, and the test accuracy of that epoch on the full officia
 set. No augmentation, no weight decay, no weight averaging: a plain reference point, not
 a tuned CNN. It tells how much of a gap to the paper's figure is left to a network of
 these shapes when its learning rule is exact backpropagation.
+
+``--network``, ``--epochs``, ``--train-limit`` and ``--test-limit`` replace the config's
+values (the limits keep the first images, as ``stidi train`` does, so the validation images
+are the last of those kept), and ``--freeze-convs`` leaves the convolutions at their random
+initial weights: with them the reference runs on a sweep's short budget, to set what
+backpropagation gains from learnt convolutions beside what STiDi-BP gains::
+
+    python benchmarks/cnn_reference.py fashion-rcsnn --network 48C5p2-P2-96C5p2-P2-512-10 --epochs 3 \
+        --train-limit 20000 --test-limit 2000 --out results/cnn-frozen.json
 """
 
 from __future__ import annotations
@@ -75,19 +84,31 @@ def as_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).float().div_(255.0).unsqueeze(1)
 
 
-def train_reference(name: str, lr: float, log) -> dict:
-    """Train the CNN twin of reproduction config ``name``; returns its row of the result."""
-    config = load_config(ROOT / "benchmarks" / "configs" / f"{name}.toml")
+def train_reference(name: str, lr: float, log, overrides: dict | None = None, freeze_convs: bool = False) -> dict:
+    """Train the CNN twin of reproduction config ``name``; returns its row of the result.
+
+    ``overrides`` (``{"model": {...}, "train": {...}}``) replace config fields, as on the
+    ``stidi train`` command line; ``freeze_convs`` keeps the convolutions' initial weights.
+    """
+    config = load_config(ROOT / "benchmarks" / "configs" / f"{name}.toml", overrides)
     t = config.train
     images, labels = load_dataset(t.dataset, "train")
     test_images, test_labels = load_dataset(t.dataset, "test")
+    if t.train_limit:
+        images, labels = images[: t.train_limit], labels[: t.train_limit]
+    if t.test_limit:
+        test_images, test_labels = test_images[: t.test_limit], test_labels[: t.test_limit]
     n_val = t.validation
     x, y = as_tensor(images), torch.from_numpy(labels)
     x_train, y_train, x_val, y_val = x[:-n_val], y[:-n_val], x[-n_val:], y[-n_val:]
     x_test, y_test = as_tensor(test_images), torch.from_numpy(test_labels)
     torch.manual_seed(t.seed)
     model = build_cnn(config.model.network, tuple(config.model.input_shape))
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    if freeze_convs:
+        for module in model:
+            if isinstance(module, nn.Conv2d):
+                module.requires_grad_(False)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     steps_per_epoch = math.ceil(len(x_train) / t.batch_size)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=t.epochs * steps_per_epoch)
     gen = torch.Generator().manual_seed(t.seed)
@@ -114,6 +135,7 @@ def train_reference(name: str, lr: float, log) -> dict:
     best = max(epochs, key=lambda r: (r["validation_accuracy"], -r["epoch"]))
     return {"name": name, "dataset": t.dataset, "network": config.model.network, "epochs": t.epochs,
             "batch_size": t.batch_size, "lr": lr, "seed": t.seed, "validation": n_val,
+            "train_limit": t.train_limit, "test_limit": t.test_limit, "frozen_convs": freeze_convs,
             "best_epoch": best["epoch"], "validation_accuracy": best["validation_accuracy"],
             "test_accuracy": best["test_accuracy"], "train_seconds": round(time.perf_counter() - started, 1),
             "by_epoch": epochs}
@@ -125,7 +147,19 @@ def main() -> int:
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 0.001)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     parser.add_argument("--out", default="results/cnn-reference.json", help="result JSON")
+    parser.add_argument("--network", help="layer spec in place of the config's (e.g. 48C5p2-P2-96C5p2-P2-512-10)")
+    parser.add_argument("--epochs", type=int, help="epochs in place of the config's")
+    parser.add_argument("--train-limit", type=int, help="train on the first N training images (the last 'validation' of them validate)")
+    parser.add_argument("--test-limit", type=int, help="test on the first N test images")
+    parser.add_argument("--freeze-convs", action="store_true",
+                        help="also train each config with its convolutions frozen at their random initial weights (a second row)")
     args = parser.parse_args()
+    overrides: dict = {}
+    if args.network:
+        overrides.setdefault("model", {})["network"] = args.network
+    for field in ("epochs", "train_limit", "test_limit"):
+        if getattr(args, field) is not None:
+            overrides.setdefault("train", {})[field] = getattr(args, field)
     for name in args.names:
         if not (ROOT / "benchmarks" / "configs" / f"{name}.toml").is_file():
             parser.error(f"no reproduction config benchmarks/configs/{name}.toml; choose one of: "
@@ -133,10 +167,13 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     provenance = run_provenance(ROOT, "benchmarks/cnn_reference.py")
     started = time.perf_counter()
-    rows = [train_reference(name, args.lr, lambda m: print(m, flush=True)) for name in args.names]
+    say = lambda m: print(m, flush=True)  # noqa: E731
+    rows = [train_reference(name, args.lr, say, overrides, frozen) for name in args.names
+            for frozen in ((False, True) if args.freeze_convs else (False,))]
     result = {
         **provenance,
         "threads": args.threads,
+        "overrides": overrides,
         "wall_seconds": round(time.perf_counter() - started, 1),
         "runs": rows,
     }

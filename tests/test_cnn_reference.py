@@ -22,3 +22,21 @@ def test_cnn_twin_has_the_spiking_networks_shapes_and_weights():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 assert isinstance(cnn[i + 1], nn.ReLU), spec
         assert sum(isinstance(m, nn.MaxPool2d) for m in cnn) == spec.count("P"), spec
+
+
+def test_frozen_convolutions_keep_their_initial_weights_on_the_limited_budget(monkeypatch):
+    module = benchmark_script("cnn_reference")
+    built: list[nn.Sequential] = []
+    build = module.build_cnn
+    monkeypatch.setattr(module, "build_cnn", lambda *a: built.append(build(*a)) or built[-1])
+    overrides = {"model": {"network": "4C5p2-P2-8C5p2-P2-16-10"},
+                 "train": {"epochs": 1, "train_limit": 300, "test_limit": 200, "validation": 100}}
+    rows = [module.train_reference("fashion-rcsnn", 1e-3, lambda m: None, overrides, frozen) for frozen in (False, True)]
+    torch.manual_seed(0)  # the config's seed: the weights both runs started from
+    start = build("4C5p2-P2-8C5p2-P2-16-10", (1, 28, 28))
+    assert not torch.equal(built[0][0].weight, start[0].weight)
+    assert torch.equal(built[1][0].weight, start[0].weight) and torch.equal(built[1][0].bias, start[0].bias)
+    assert torch.equal(built[1][3].weight, start[3].weight)  # the second convolution too
+    assert not torch.equal(built[1][-1].weight, start[-1].weight)  # the readout still learns
+    assert [(r["frozen_convs"], r["train_limit"], r["test_limit"], r["network"]) for r in rows] == [
+        (False, 300, 200, "4C5p2-P2-8C5p2-P2-16-10"), (True, 300, 200, "4C5p2-P2-8C5p2-P2-16-10")]
