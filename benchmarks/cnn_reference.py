@@ -22,7 +22,7 @@ initial weights: with them the reference runs on a sweep's short budget, to set 
 backpropagation gains from learnt convolutions beside what STiDi-BP gains::
 
     python benchmarks/cnn_reference.py fashion-rcsnn --network 48C5p2-P2-96C5p2-P2-512-10 --epochs 3 \
-        --train-limit 20000 --test-limit 2000 --out results/cnn-frozen.json
+        --train-limit 20000 --test-limit 2000 --freeze-convs --threads 1 --out results/cnn-frozen.json
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from stidi.config import load_config  # noqa: E402
+from stidi.errors import ConfigError  # noqa: E402
 from stidi.data import load_dataset  # noqa: E402
 from stidi.io import atomic_write_json  # noqa: E402
 from stidi.layers import Conv, Dense, Pool, parse_spec  # noqa: E402
@@ -99,6 +100,9 @@ def train_reference(name: str, lr: float, log, overrides: dict | None = None, fr
     if t.test_limit:
         test_images, test_labels = test_images[: t.test_limit], test_labels[: t.test_limit]
     n_val = t.validation
+    if not 0 < n_val < len(images):
+        raise ConfigError(f"{name}: train.validation = {n_val} must leave training images out of the {len(images)} kept "
+                          "(raise --train-limit)")
     x, y = as_tensor(images), torch.from_numpy(labels)
     x_train, y_train, x_val, y_val = x[:-n_val], y[:-n_val], x[-n_val:], y[-n_val:]
     x_test, y_test = as_tensor(test_images), torch.from_numpy(test_labels)
@@ -149,7 +153,7 @@ def main() -> int:
     parser.add_argument("--out", default="results/cnn-reference.json", help="result JSON")
     parser.add_argument("--network", help="layer spec in place of the config's (e.g. 48C5p2-P2-96C5p2-P2-512-10)")
     parser.add_argument("--epochs", type=int, help="epochs in place of the config's")
-    parser.add_argument("--train-limit", type=int, help="train on the first N training images (the last 'validation' of them validate)")
+    parser.add_argument("--train-limit", type=int, help="keep the first N training images; the config's validation split is the last of them")
     parser.add_argument("--test-limit", type=int, help="test on the first N test images")
     parser.add_argument("--freeze-convs", action="store_true",
                         help="also train each config with its convolutions frozen at their random initial weights (a second row)")
@@ -167,9 +171,14 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     provenance = run_provenance(ROOT, "benchmarks/cnn_reference.py")
     started = time.perf_counter()
-    say = lambda m: print(m, flush=True)  # noqa: E731
-    rows = [train_reference(name, args.lr, say, overrides, frozen) for name in args.names
-            for frozen in ((False, True) if args.freeze_convs else (False,))]
+    def say(message: str) -> None:
+        print(message, flush=True)
+
+    try:
+        rows = [train_reference(name, args.lr, say, overrides, frozen) for name in args.names
+                for frozen in ((False, True) if args.freeze_convs else (False,))]
+    except ConfigError as exc:
+        parser.error(str(exc))
     result = {
         **provenance,
         "threads": args.threads,
