@@ -82,3 +82,13 @@ def test_the_bias_flag_reaches_the_configuration() -> None:
 
     args = build_parser().parse_args(["train", "--bias", "--network", "784-400-10"])
     assert _overrides(args)["model"]["bias"] is True
+
+
+def test_api_save_without_a_config_keeps_the_bias(tmp_path) -> None:
+    from stidi.api import build, load, save
+
+    net = build("4C5-P2-10", (1, 28, 28), T=32, bias=True)
+    net.initialise(torch.rand(16, 1, 28, 28).mul(32).floor(), 0.3, torch.Generator().manual_seed(0))
+    save(tmp_path / "m", net)
+    back = load(tmp_path / "m.safetensors")
+    assert back.bias and all(torch.equal(a, b) for a, b in zip(back.weights, net.weights))
