@@ -43,10 +43,10 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from stidi.config import load_config  # noqa: E402
 from stidi.errors import ConfigError  # noqa: E402
-from stidi.data import load_dataset  # noqa: E402
 from stidi.io import atomic_write_json  # noqa: E402
 from stidi.layers import Conv, Dense, Pool, parse_spec  # noqa: E402
 from stidi.provenance import run_provenance  # noqa: E402
+from stidi.train import builtin_data  # noqa: E402
 
 EVAL_BATCH = 1000
 
@@ -93,19 +93,14 @@ def train_reference(name: str, lr: float, log, overrides: dict | None = None, fr
     """
     config = load_config(ROOT / "benchmarks" / "configs" / f"{name}.toml", overrides)
     t = config.train
-    images, labels = load_dataset(t.dataset, "train")
-    test_images, test_labels = load_dataset(t.dataset, "test")
-    if t.train_limit:
-        images, labels = images[: t.train_limit], labels[: t.train_limit]
-    if t.test_limit:
-        test_images, test_labels = test_images[: t.test_limit], test_labels[: t.test_limit]
+    train_set, test_set = builtin_data(config)  # limited as stidi train limits them
     n_val = t.validation
-    if not 0 < n_val < len(images):
-        raise ConfigError(f"{name}: train.validation = {n_val} must leave training images out of the {len(images)} kept "
+    if not 0 < n_val < len(train_set):
+        raise ConfigError(f"{name}: train.validation = {n_val} must leave training images out of the {len(train_set)} kept "
                           "(raise --train-limit)")
-    x, y = as_tensor(images), torch.from_numpy(labels)
+    x, y = as_tensor(train_set.images), train_set.labels
     x_train, y_train, x_val, y_val = x[:-n_val], y[:-n_val], x[-n_val:], y[-n_val:]
-    x_test, y_test = as_tensor(test_images), torch.from_numpy(test_labels)
+    x_test, y_test = as_tensor(test_set.images), test_set.labels
     torch.manual_seed(t.seed)
     model = build_cnn(config.model.network, tuple(config.model.input_shape))
     if freeze_convs:
