@@ -86,9 +86,9 @@ def ablation_table(ablation: dict) -> list[str]:
     return out
 
 
-def sweep_control(name: str) -> tuple[str, dict, str] | None:
+def sweep_control(name: str) -> tuple[str, dict, dict] | None:
     """The control row that sweep ``name`` borrows from an earlier sweep (``control = "SWEEP/VARIANT"``
-    in its TOML), as (SWEEP, that variant's row of results/sweep-SWEEP.json, that sweep's commit), or None."""
+    in its TOML), as (SWEEP, that variant's row of results/sweep-SWEEP.json, that whole file), or None."""
     path = ROOT / "benchmarks" / "sweeps" / f"{name}.toml"
     if not path.exists():
         return None
@@ -98,11 +98,11 @@ def sweep_control(name: str) -> tuple[str, dict, str] | None:
     return read_control(path)
 
 
-def other_machine(sweep: dict, control_sweep: str) -> str:
-    """A sentence saying that a borrowed control was trained on another kind of CPU than ``sweep``'s variants
-    (runs repeat to the digit on one kind only), or "" when the kinds agree or one is unknown."""
-    path = ROOT / "results" / f"sweep-{control_sweep}.json"
-    theirs = json.loads(path.read_text()).get("software", {}).get("cpu_capability") if path.exists() else None
+def other_machine(sweep: dict, control_sweep: dict) -> str:
+    """A sentence saying that a borrowed control (``control_sweep``: the results of the sweep it comes from) was
+    trained on another kind of CPU than ``sweep``'s variants (runs repeat to the digit on one kind only), or ""
+    when the kinds agree or one is unknown."""
+    theirs = control_sweep.get("software", {}).get("cpu_capability")
     ours = sweep.get("software", {}).get("cpu_capability")
     if not theirs or not ours or theirs == ours:
         return ""
@@ -125,8 +125,8 @@ def sweep_tables() -> list[str]:
                    "(the sweep's TOML file says why)." if len({r["epochs_done"] for r in rows}) > 1 else "")
         note = f" ({sweep['commit_note']})" if sweep.get("commit_note") else ""
         borrowed = (f" The control row comes from the sweep `{control[0]}` (`results/sweep-{control[0]}.json`, commit "
-                    f"`{control[2][:7]}`), with the same base config and budget; it was not trained again."
-                    f"{other_machine(sweep, control[0])}" if control else "")
+                    f"`{control[2]['commit'][:7]}`), with the same base config and budget; it was not trained again."
+                    f"{other_machine(sweep, control[2])}" if control else "")
         commits = sweep.get("commits") or [sweep["commit"]]
         log = path.with_suffix(".log")
         where = (f"at commit `{sweep['commit'][:7]}`" if len(commits) == 1 else

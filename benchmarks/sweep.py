@@ -104,9 +104,9 @@ def read_sweep(path: Path) -> dict:
     return sweep
 
 
-def read_control(path: Path) -> tuple[str, dict, str] | None:
+def read_control(path: Path) -> tuple[str, dict, dict] | None:
     """The control that the sweep file at ``path`` borrows (``control = "SWEEP/VARIANT"``), as
-    (SWEEP, that variant's row of results/sweep-SWEEP.json, that sweep's commit), or None.
+    (SWEEP, that variant's row of results/sweep-SWEEP.json, that whole file: commit, software…), or None.
 
     Raises SystemExit naming the file when the named sweep has no results or no such variant."""
     control = read_sweep(path).get("control")
@@ -120,7 +120,7 @@ def read_control(path: Path) -> tuple[str, dict, str] | None:
     rows = [r for r in result["rows"] if r["variant"] == variant]
     if not rows:
         raise SystemExit(f"{path}: control = {control!r}, but {source.relative_to(ROOT)} has no variant {variant!r}")
-    return other, rows[0], result["commit"]
+    return other, rows[0], result
 
 
 def merged_config(base: dict, *overrides: dict) -> dict:
