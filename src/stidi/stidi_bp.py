@@ -43,7 +43,10 @@ step from layer ``l``'s error and weights (the spike time displacement):
   ``½ Σ_j (t_j − target_j)²`` under that approximation;
 * displacement ``Δt_i = Σ_j δ_j w_ij g(t_j − t_i)``, ``g`` the fired-before mask
   ``[t_i < t_j]`` (``displacement_gate = "mask"``) or ``ε'`` (``"slope"``); the layer
-  below has error ``Δt_i / T``; pooling hands each displacement to its window's winner.
+  below has error ``Δt_i / T``; pooling hands each displacement to its window's winner
+  (``pool_route = "winner"``), or (``"ties"``) a delay also to every other neuron of the
+  window that fired within ``pool_tie_steps`` steps of the winner, since the pooled time, a
+  minimum, moves later only when all of them do (:func:`stidi.kernels.vectorised.route_to_ties`).
   In a binary layer ``w`` is the real weight (``binary_displacement = "real"``) or the
   forward pass's ``α · sign(w)`` (``"forward"``).
 
@@ -102,6 +105,8 @@ class RuleOptions:
     distill: float = 0.0
     distill_scope: str = "all"
     population_update: str = "winner"
+    pool_route: str = "winner"
+    pool_tie_steps: int = 0
 
 
 def population_error(t_out: torch.Tensor, class_error: torch.Tensor, labels: torch.Tensor, T: int, mode: str) -> torch.Tensor:
@@ -298,7 +303,11 @@ def update_sums(net: Network, trace: Trace, labels: torch.Tensor, opts: RuleOpti
     for i in reversed(range(len(net.layers))):
         layer, t_in, t_out = net.layers[i], trace.times[i], trace.times[i + 1]
         if isinstance(layer, Pool):
-            shift = _without_dropped(engine.route_to_winners(shift, trace.winners[i], t_in.shape), trace, i)
+            if opts.pool_route == "ties":
+                routed = engine.route_to_ties(shift, trace.winners[i], t_in, t_out, layer.kernel, opts.pool_tie_steps)
+            else:
+                routed = engine.route_to_winners(shift, trace.winners[i], t_in.shape)
+            shift = _without_dropped(routed, trace, i)
             continue
         if shift is not None:
             error = normalise(shift / T, opts.error_norm, agree)

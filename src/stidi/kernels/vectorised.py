@@ -115,6 +115,28 @@ def route_to_winners(d_out: torch.Tensor, winner: torch.Tensor, in_shape: torch.
     return d_in.view(B, C, *in_shape[-2:])
 
 
+def route_to_ties(d_out: torch.Tensor, winner: torch.Tensor, t_in: torch.Tensor, t_pooled: torch.Tensor, k: int,
+                  tie_steps: int) -> torch.Tensor:
+    """Like :func:`route_to_winners`, but a delay (``Δt > 0``) also goes, whole, to every other neuron of the
+    window that fired within ``tie_steps`` steps of the winner (``t_i ≤ t_pool + tie_steps``).
+
+    The pooled time is ``min_i t_i``: delaying the winner alone leaves it where a neuron tied with the
+    winner fires, so a delay of the minimum asks each of them for it. An advance (``Δt < 0``) still goes
+    to the winner only, which is enough to move the minimum earlier.
+    """
+    routed = route_to_winners(d_out, winner, t_in.shape)
+    H, W = t_in.shape[-2:]
+    def spread(x: torch.Tensor) -> torch.Tensor:
+        x = x.repeat_interleave(k, dim=-2).repeat_interleave(k, dim=-1)
+        return F.pad(x, (0, W - x.shape[-1], 0, H - x.shape[-2]), value=0.0)
+    B, C = t_in.shape[:2]
+    is_winner = torch.zeros(B, C, H * W, dtype=torch.bool, device=t_in.device)
+    is_winner.scatter_(2, winner.reshape(B, C, -1), True)
+    delay = spread(d_out.reshape(t_pooled.shape).clamp_min(0))
+    tied = torch.isfinite(t_in) & (t_in <= spread(t_pooled) + tie_steps) & ~is_winner.view(t_in.shape)
+    return torch.where(tied, delay, routed)
+
+
 def _receptive_fields(t_in: torch.Tensor, weight: torch.Tensor, padding: int) -> torch.Tensor:
     """Input times seen by each output position: ``(B, R, L)``."""
     if weight.dim() == 2:

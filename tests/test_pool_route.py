@@ -1,0 +1,106 @@
+"""Pooling's displacement to tied neurons (``rule.pool_route = "ties"``): checked against a
+plain loop over the windows, shown to move the pooled minimum, and wired into the rule and
+the configuration."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import stidi.api as st_api
+from stidi.config import ConfigError, load_config
+from stidi.kernels.vectorised import earliest_pool, route_to_ties, route_to_winners
+from stidi.stidi_bp import RuleOptions, update_directions
+
+
+def _times(seed: int, shape: tuple[int, ...], T: int, silent: float) -> torch.Tensor:
+    """Whole-step spike times in ``0..T`` with many ties, a fraction ``silent`` at ``inf``."""
+    g = torch.Generator().manual_seed(seed)
+    t = torch.randint(0, T + 1, shape, generator=g).double()
+    return t.masked_fill(torch.rand(shape, generator=g) < silent, math.inf)
+
+
+def _loop(d_out: torch.Tensor, t_in: torch.Tensor, k: int, steps: int) -> torch.Tensor:
+    """Per window: the first earliest neuron takes ``d``; with ``d > 0`` every other neuron that
+    fired at most ``steps`` after it takes ``d`` too."""
+    out = torch.zeros_like(t_in)
+    B, C, Hp, Wp = d_out.shape
+    for b in range(B):
+        for c in range(C):
+            for y in range(Hp):
+                for x in range(Wp):
+                    cells = [(y * k + dy, x * k + dx) for dy in range(k) for dx in range(k)]
+                    first = min(cells, key=lambda p: (t_in[b, c, p[0], p[1]].item(), p))
+                    d = d_out[b, c, y, x].item()
+                    out[b, c, first[0], first[1]] = d
+                    t_min = t_in[b, c, first[0], first[1]].item()
+                    for p in cells:
+                        t = t_in[b, c, p[0], p[1]].item()
+                        if p != first and d > 0 and math.isfinite(t) and t <= t_min + steps:
+                            out[b, c, p[0], p[1]] = d
+    return out
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000), steps=st.integers(0, 4), silent=st.floats(0.0, 0.6),
+       odd=st.booleans(), T=st.sampled_from([3, 8, 32]))
+def test_a_delay_goes_to_every_tied_neuron_and_an_advance_to_the_winner_only(seed, steps, silent, odd, T) -> None:
+    shape = (2, 3, 6 + odd, 4 + odd)  # an odd size leaves a row and a column outside every window
+    t_in = _times(seed, shape, T, silent)
+    t_pool, winner = earliest_pool(t_in, 2)
+    d_out = torch.randn(t_pool.shape, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
+    routed = route_to_ties(d_out, winner, t_in, t_pool, 2, steps)
+    assert torch.equal(routed, _loop(d_out, t_in, 2, steps))
+    # an advance and the winner's share are exactly those of the specification's routing
+    plain = route_to_winners(d_out, winner, t_in.shape)
+    assert torch.equal(route_to_ties(d_out.clamp(max=0), winner, t_in, t_pool, 2, steps), plain.clamp(max=0))
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 10_000))
+def test_applying_the_routed_delay_moves_each_pooled_time_by_it(seed) -> None:
+    """With every neuron of a window within reach (``steps ≥ T``), delaying the window's neurons
+    as routed delays its earliest spike by exactly the pooled neuron's delay; the winner alone
+    does not, where another neuron tied with it."""
+    T = 16
+    t_in = _times(seed, (2, 2, 6, 6), T, 0.0)
+    t_pool, winner = earliest_pool(t_in, 2)
+    d_out = torch.randint(1, 5, t_pool.shape, generator=torch.Generator().manual_seed(seed)).double()
+    moved, _ = earliest_pool(t_in + route_to_ties(d_out, winner, t_in, t_pool, 2, T), 2)
+    assert torch.equal(moved, t_pool + d_out)
+    alone, _ = earliest_pool(t_in + route_to_winners(d_out, winner, t_in.shape), 2)
+    window = t_in.reshape(2, 2, 3, 2, 3, 2).permute(0, 1, 2, 4, 3, 5).reshape(2, 2, 3, 3, 4)
+    tied = (window == t_pool.unsqueeze(-1)).sum(-1) > 1
+    assert torch.equal(alone == t_pool, tied)  # exactly the tied windows stay put
+
+
+def test_the_rule_changes_only_below_a_pooling_layer_with_ties() -> None:
+    net = st_api.build("3C3-P2-4", (1, 8, 8), T=8)
+    images = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    t_in = net.encode(images)
+    net.initialise(t_in, [0.6, 0.9], torch.Generator().manual_seed(0))
+    trace = net.trace(t_in)
+    pooled_in = trace.times[1]
+    assert torch.isfinite(pooled_in).any()
+    labels = torch.arange(16) % 4
+    plain = update_directions(net, trace, labels, RuleOptions(gamma=2.0))
+    ties = update_directions(net, trace, labels, RuleOptions(gamma=2.0, pool_route="ties", pool_tie_steps=1))
+    assert torch.equal(plain[1], ties[1])  # the readout learns from its own error, above the pooling
+    assert not torch.equal(plain[0], ties[0])  # T = 8 makes ties common: the convolution hears more delays
+
+
+def test_the_options_are_checked_and_reach_the_configuration() -> None:
+    from stidi.cli import _overrides, build_parser
+
+    with pytest.raises(ConfigError, match="pool_route"):
+        load_config(None, {"rule": {"pool_route": "all"}})
+    with pytest.raises(ConfigError, match="pool_tie_steps"):
+        load_config(None, {"rule": {"pool_tie_steps": -1}})
+    values = _overrides(build_parser().parse_args(["train", "--pool-route", "ties", "--pool-tie-steps", "2"]))
+    assert values["rule"] == {"pool_route": "ties", "pool_tie_steps": 2}
+    config = load_config(None, values)
+    assert config.rule.pool_route == "ties" and config.rule.pool_tie_steps == 2
