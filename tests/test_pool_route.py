@@ -104,3 +104,21 @@ def test_the_options_are_checked_and_reach_the_configuration() -> None:
     assert values["rule"] == {"pool_route": "ties", "pool_tie_steps": 2}
     config = load_config(None, values)
     assert config.rule.pool_route == "ties" and config.rule.pool_tie_steps == 2
+
+
+def test_the_tie_diagnostic_counts_the_gap_to_each_windows_second_earliest_neuron() -> None:
+    from benchmark_scripts import benchmark_script
+
+    pool_ties = benchmark_script("pool_ties")
+    inf = math.inf
+    t_in = torch.tensor([[[[3.0, 3.0, 5.0, 9.0, 0.0],
+                           [7.0, inf, inf, 6.0, 0.0],
+                           [inf, inf, 2.0, inf, 0.0],
+                           [inf, inf, inf, inf, 0.0],
+                           [0.0, 0.0, 0.0, 0.0, 0.0]]]])  # the last row and column lie outside every window
+    first, gap = pool_ties.window_gaps(t_in, 2)
+    assert first.tolist() == [[[[3.0, 5.0], [inf, 2.0]]]]
+    assert gap[0, 0, 0].tolist() == [0.0, 1.0] and math.isinf(gap[0, 0, 1, 1])
+    report = pool_ties.pool_report(t_in, 2, [0, 1])
+    assert report["fired"] == 0.75 and report["within"] == {"0": round(1 / 3, 4), "1": round(2 / 3, 4)}
+    assert report["runner_up_silent"] == round(1 / 3, 4)
