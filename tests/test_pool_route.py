@@ -1,4 +1,5 @@
-"""Pooling's displacement to tied neurons (``rule.pool_route = "ties"``): checked against a
+"""Pooling's displacement to tied neurons (``rule.pool_route = "ties"`` and ``"share"``) and one error
+normalisation per weighted layer (``rule.error_norm``): checked against a
 plain loop over the windows, shown to move the pooled minimum, and wired into the rule and
 the configuration."""
 
@@ -24,9 +25,10 @@ def _times(seed: int, shape: tuple[int, ...], T: int, silent: float) -> torch.Te
     return t.masked_fill(torch.rand(shape, generator=g) < silent, math.inf)
 
 
-def _loop(d_out: torch.Tensor, t_in: torch.Tensor, k: int, steps: int) -> torch.Tensor:
+def _loop(d_out: torch.Tensor, t_in: torch.Tensor, k: int, steps: int, share: bool = False) -> torch.Tensor:
     """Per window: the first earliest neuron takes ``d``; with ``d > 0`` every other neuron that
-    fired at most ``steps`` after it takes ``d`` too."""
+    fired at most ``steps`` after it takes ``d`` too. ``share``: if the earliest fired, it and those
+    neurons take ``d / n`` each, whatever the sign of ``d``."""
     out = torch.zeros_like(t_in)
     B, C, Hp, Wp = d_out.shape
     for b in range(B):
@@ -38,11 +40,22 @@ def _loop(d_out: torch.Tensor, t_in: torch.Tensor, k: int, steps: int) -> torch.
                     d = d_out[b, c, y, x].item()
                     out[b, c, first[0], first[1]] = d
                     t_min = t_in[b, c, first[0], first[1]].item()
+                    if share and math.isfinite(t_min):
+                        near = [p for p in cells if t_in[b, c, p[0], p[1]].item() <= t_min + steps]
+                        for p in near:
+                            out[b, c, p[0], p[1]] = d / len(near)
+                        continue
                     for p in cells:
                         t = t_in[b, c, p[0], p[1]].item()
                         if p != first and d > 0 and math.isfinite(t) and t <= t_min + steps:
                             out[b, c, p[0], p[1]] = d
     return out
+
+
+def earliest_sum(d_in: torch.Tensor) -> torch.Tensor:
+    """Each 2 × 2 window's sum (the windows that fit)."""
+    H, W = d_in.shape[-2] // 2 * 2, d_in.shape[-1] // 2 * 2
+    return torch.nn.functional.avg_pool2d(d_in[..., :H, :W], 2) * 4
 
 
 @settings(max_examples=30, deadline=None)
@@ -55,6 +68,10 @@ def test_a_delay_goes_to_every_tied_neuron_and_an_advance_to_the_winner_only(see
     d_out = torch.randn(t_pool.shape, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
     routed = route_to_ties(d_out, winner, t_in, t_pool, 2, steps)
     assert torch.equal(routed, _loop(d_out, t_in, 2, steps))
+    shared = route_to_ties(d_out, winner, t_in, t_pool, 2, steps, share=True)
+    assert torch.allclose(shared, _loop(d_out, t_in, 2, steps, share=True), rtol=0, atol=1e-12)
+    # a share keeps each window's total, so neither sign is favoured
+    assert torch.allclose(earliest_sum(shared), d_out, rtol=0, atol=1e-12)
     # an advance and the winner's share are exactly those of the specification's routing
     plain = route_to_winners(d_out, winner, t_in.shape)
     assert torch.equal(route_to_ties(d_out.clamp(max=0), winner, t_in, t_pool, 2, steps), plain.clamp(max=0))
@@ -93,6 +110,27 @@ def test_the_rule_changes_only_below_a_pooling_layer_with_ties() -> None:
     assert not torch.equal(plain[0], ties[0])  # T = 8 makes ties common: the convolution hears more delays
 
 
+def test_per_layer_error_normalisation() -> None:
+    """One mode per weighted layer: the same mode listed for each layer is that mode, and a different
+    mode below the readout changes only the hidden layers' directions."""
+    net = st_api.build("3C3-P2-6-4", (1, 8, 8), T=16)
+    images = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    t_in = net.encode(images)
+    net.initialise(t_in, [0.6, 0.6, 0.9], torch.Generator().manual_seed(1))
+    trace = net.trace(t_in)
+    labels = torch.arange(16) % 4
+    plain = update_directions(net, trace, labels, RuleOptions(gamma=4.0))
+    listed = update_directions(net, trace, labels, RuleOptions(gamma=4.0, error_norm=["l2"] * 3))
+    assert all(torch.equal(a, b) for a, b in zip(plain, listed))
+    mixed = update_directions(net, trace, labels, RuleOptions(gamma=4.0, error_norm=["batch_max", "batch_max", "l2"]))
+    assert torch.equal(mixed[2], plain[2])
+    assert not torch.equal(mixed[1], plain[1]) and not torch.equal(mixed[0], plain[0])
+    with pytest.raises(ConfigError, match=r"rule.error_norm has 2 values for the 3 weighted layers"):
+        load_config(None, {"model": {"network": "3C3-P2-6-4", "input_shape": [1, 8, 8]}, "rule": {"error_norm": ["l2", "l2"]}})
+    with pytest.raises(ConfigError, match="error_norm"):
+        load_config(None, {"rule": {"error_norm": ["l2", "l1"]}})
+
+
 def test_the_options_are_checked_and_reach_the_configuration() -> None:
     from stidi.cli import _overrides, build_parser
 
@@ -100,8 +138,10 @@ def test_the_options_are_checked_and_reach_the_configuration() -> None:
         load_config(None, {"rule": {"pool_route": "all"}})
     with pytest.raises(ConfigError, match="pool_tie_steps"):
         load_config(None, {"rule": {"pool_tie_steps": -1}})
-    values = _overrides(build_parser().parse_args(["train", "--pool-route", "ties", "--pool-tie-steps", "2"]))
-    assert values["rule"] == {"pool_route": "ties", "pool_tie_steps": 2}
+    values = _overrides(build_parser().parse_args(["train", "--pool-route", "ties", "--pool-tie-steps", "2",
+                                                    "--error-norm", "batch_max", "batch_max", "batch_max", "l2"]))
+    assert values["rule"] == {"pool_route": "ties", "pool_tie_steps": 2, "error_norm": ["batch_max", "batch_max", "batch_max", "l2"]}
+    values["model"] = {"network": "4C5-P2-8C5-P2-16-10"}
     config = load_config(None, values)
     assert config.rule.pool_route == "ties" and config.rule.pool_tie_steps == 2
 

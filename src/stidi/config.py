@@ -87,7 +87,7 @@ class RuleConfig:
     latency_derivative: str = _field("linear", one_of("linear", "unit", "slope"), "dt/du ≈ -t/θ ('linear'), -1 ('unit'), or -1/u'(t), the potential's slope at the spike ('slope'; ramp PSP only)")
     slope_bins: int = _field(8, POSITIVE, "latency_derivative = 'slope': the slope counts the inputs that fired before the end of the spike's bin, one of K equal bins of 0..T (K = T: exact)")
     displacement_gate: str = _field("mask", one_of("mask", "slope"), "g in the displacement: fired-before mask or PSP slope ε'")
-    error_norm: str = _field("l2", one_of("l2", "none", "batch_max"), "error normalisation of each layer: per sample to unit L2 norm ('l2'), none, or by the batch's largest sample norm ('batch_max')")
+    error_norm: str | list = _field("l2", each(one_of("l2", "none", "batch_max")), "error normalisation of each layer: per sample to unit L2 norm ('l2'), none, or by the batch's largest sample norm ('batch_max'); one for every layer or one per weighted layer")
     conv_update: str = _field("sum", one_of("sum", "mean"), "shared conv weights: sum or average over positions")
     revival: float = _field(0.0, NON_NEGATIVE, "ρ: a silent hidden neuron gets displacement ρ·min(0, W^T δ), asking it to fire again (0: the plain rule)")
     revival_scope: str = _field("silent", one_of("silent", "late"), "who revival pushes: silent hidden neurons only ('silent'), or also every neuron that fired too late for some of the neurons it feeds, by ρ·min(0, Σ_j δ_j w_ij [t_i ≥ t_j]) ('late'; mask gate only)")
@@ -97,8 +97,8 @@ class RuleConfig:
     distill: float = _field(0.0, (lambda v: 0 <= v <= 1, "a number in [0, 1]"), "λ: blend the output targets with those of the teacher network of train.teacher, λ its share: each other class aims at its label target mixed with the teacher's delay of it behind the true class (0: labels only; needs train.teacher when > 0)")
     distill_scope: str = _field("all", one_of("all", "errors"), "which images rule.distill blends: every image ('all'), or only those whose label targets already ask for a change ('errors'), so an image classified with its margin keeps a zero error; margin targets only, since with targets = 'softmax' every image has an error")
     population_update: str = _field("winner", one_of("winner", "all", "offenders"), "with model.population > 1, which neurons of a class's group the output error moves: the group's earliest spike only, as a pooling layer routes its error ('winner'); every neuron of the group toward the class's target, wrong classes' neurons only ever later ('all'); or the true class's earliest neuron and every wrong-class neuron that fires before its class's target ('offenders')")
-    pool_route: str = _field("winner", one_of("winner", "ties"), "where a pooling layer sends its displacement: to each window's winner ('winner', the specification), or a delay also to every neuron of the window that fired within rule.pool_tie_steps steps of the winner, since the window's earliest spike moves later only when all of them do ('ties'; an advance still goes to the winner only)")
-    pool_tie_steps: int = _field(0, NON_NEGATIVE, "with pool_route = 'ties': how many steps after the winner a neuron of the window may fire and still be delayed with it (0: exact ties only)")
+    pool_route: str = _field("winner", one_of("winner", "ties", "share"), "where a pooling layer sends its displacement: to each window's winner ('winner', the specification); a delay also, whole, to every neuron of the window that fired within rule.pool_tie_steps steps of the winner, since the window's earliest spike moves later only when all of them do ('ties'; an advance still goes to the winner only); or an equal share of it, of either sign, to the winner and each of those neurons ('share'; with exact ties the mean subgradient of the minimum)")
+    pool_tie_steps: int = _field(0, NON_NEGATIVE, "with pool_route = 'ties' or 'share': how many steps after the winner a neuron of the window may fire and still take part (0: exact ties only)")
     decision_floor: float = _field(0.0, NON_NEGATIVE, "t_f (steps): the targets' reference time r becomes max(r, t_f), so a decision before t_f is pushed later (0: the plain rule)")
 
 
@@ -198,7 +198,8 @@ def merge(config: Config, values: dict[str, dict], source: str) -> Config:
 
 #: Fields that take one value for all weighted layers or a list with one per weighted layer.
 PER_LAYER_FIELDS = (("model", "threshold"), ("model", "binary"), ("model", "init_firing_fraction"),
-                    ("train", "lr"), ("train", "weight_decay"), ("train", "dropout"), ("train", "binary_scale_lr"))
+                    ("train", "lr"), ("train", "weight_decay"), ("train", "dropout"), ("train", "binary_scale_lr"),
+                    ("rule", "error_norm"))
 
 
 def validate(config: Config, source: str = "config") -> None:

@@ -30,7 +30,9 @@ step from layer ``l``'s error and weights (the spike time displacement):
   neuron that fires before the class's target (``"offenders"``; :func:`population_error`);
 * errors are normalised per layer and sample (``error_norm = "l2"``: ``e / ‖e‖₂``) or
   per layer and batch (``"batch_max"``: ``e / max_b ‖e_b‖₂``, so a sample with a small
-  error keeps a small share of the step instead of a unit one);
+  error keeps a small share of the step instead of a unit one), one mode for every layer or
+  one per weighted layer (e.g. per sample at the readout and per batch below it, so that a
+  sample's share of the hidden layers' step follows how much of its output error came down);
 * latency derivative ``∂t_j/∂u_j ≈ −t_j/θ_l`` (``latency_derivative = "linear"``:
   the potential rises on a straight line from 0 to ``θ`` at ``t_j``), ``−1``
   (``"unit"``), or ``−1/u_j'(t_j)`` (``"slope"``, ramp PSP only): the inverse of the
@@ -44,9 +46,10 @@ step from layer ``l``'s error and weights (the spike time displacement):
 * displacement ``Δt_i = Σ_j δ_j w_ij g(t_j − t_i)``, ``g`` the fired-before mask
   ``[t_i < t_j]`` (``displacement_gate = "mask"``) or ``ε'`` (``"slope"``); the layer
   below has error ``Δt_i / T``; pooling hands each displacement to its window's winner
-  (``pool_route = "winner"``), or (``"ties"``) a delay also to every other neuron of the
+  (``pool_route = "winner"``); ``"ties"`` hands a delay also to every other neuron of the
   window that fired within ``pool_tie_steps`` steps of the winner, since the pooled time, a
-  minimum, moves later only when all of them do (:func:`stidi.kernels.vectorised.route_to_ties`).
+  minimum, moves later only when all of them do, and ``"share"`` gives the winner and those
+  neurons an equal share of either sign (:func:`stidi.kernels.vectorised.route_to_ties`).
   In a binary layer ``w`` is the real weight (``binary_displacement = "real"``) or the
   forward pass's ``α · sign(w)`` (``"forward"``).
 
@@ -83,7 +86,7 @@ from .kernels import event, fixed_point
 from .kernels import vectorised as engine
 from .kernels.psp import psp_scale
 from .layers import Conv, Pool
-from .network import Network, Trace
+from .network import Network, Trace, per_layer
 
 
 @dataclass(frozen=True)
@@ -93,7 +96,7 @@ class RuleOptions:
     gamma: float = 5.0
     latency_derivative: str = "linear"
     displacement_gate: str = "mask"
-    error_norm: str = "l2"
+    error_norm: str | tuple[str, ...] | list[str] = "l2"
     conv_update: str = "sum"
     revival: float = 0.0
     decision_floor: float = 0.0
@@ -298,20 +301,22 @@ def update_sums(net: Network, trace: Trace, labels: torch.Tensor, opts: RuleOpti
                          opts.softmax_temperature, teacher, opts.distill, opts.distill_scope)
     if net.population > 1:
         error = population_error(t_out, error, labels, T, opts.population_update)
-    error = normalise(error, opts.error_norm, agree)
+    norms = per_layer(opts.error_norm, len(net.weighted), "error_norm", str)
+    error = normalise(error, norms[-1], agree)
     shift = None  # displacement of the current layer's outputs, from the layer above
     for i in reversed(range(len(net.layers))):
         layer, t_in, t_out = net.layers[i], trace.times[i], trace.times[i + 1]
         if isinstance(layer, Pool):
-            if opts.pool_route == "ties":
-                routed = engine.route_to_ties(shift, trace.winners[i], t_in, t_out, layer.kernel, opts.pool_tie_steps)
+            if opts.pool_route in ("ties", "share"):
+                routed = engine.route_to_ties(shift, trace.winners[i], t_in, t_out, layer.kernel, opts.pool_tie_steps,
+                                              share=opts.pool_route == "share")
             else:
                 routed = engine.route_to_winners(shift, trace.winners[i], t_in.shape)
             shift = _without_dropped(routed, trace, i)
             continue
-        if shift is not None:
-            error = normalise(shift / T, opts.error_norm, agree)
         k = net.weighted.index(i)
+        if shift is not None:
+            error = normalise(shift / T, norms[k], agree)
         w = net.weight_of(i) if opts.binary_displacement == "forward" else net.weights[k]
         theta = net.thresholds[k]
         x, padding = net.layer_operands(i, t_in)
@@ -340,8 +345,9 @@ def _without_dropped(shift: torch.Tensor, trace: Trace, i: int) -> torch.Tensor:
 
 def idle_sums(net: Network, opts: RuleOptions, agree: Agree = _alone) -> list[torch.Tensor]:
     """The sums of an empty share (zeros), taking part in every ``agree`` that :func:`update_sums` makes."""
+    norms = per_layer(opts.error_norm, len(net.weighted), "error_norm", str)
     for k in reversed(range(len(net.weighted))):
-        normalise(torch.zeros(0, 1), opts.error_norm, agree)  # the error scale of an empty share, where one is agreed
+        normalise(torch.zeros(0, 1), norms[k], agree)  # the error scale of an empty share, where one is agreed
         agree(torch.zeros(net.weights[k].shape[0], dtype=torch.float64))
     return [torch.zeros(w.shape, dtype=torch.float64) for w in net.weights]
 

@@ -116,25 +116,31 @@ def route_to_winners(d_out: torch.Tensor, winner: torch.Tensor, in_shape: torch.
 
 
 def route_to_ties(d_out: torch.Tensor, winner: torch.Tensor, t_in: torch.Tensor, t_pooled: torch.Tensor, k: int,
-                  tie_steps: int) -> torch.Tensor:
-    """Like :func:`route_to_winners`, but a delay (``Δt > 0``) also goes, whole, to every other neuron of the
-    window that fired within ``tie_steps`` steps of the winner (``t_i ≤ t_pool + tie_steps``).
+                  tie_steps: int, share: bool = False) -> torch.Tensor:
+    """Like :func:`route_to_winners`, but the displacement also reaches the window's neurons that fired
+    within ``tie_steps`` steps of the winner (``t_i ≤ t_pool + tie_steps``, the winner's "ties").
 
-    The pooled time is ``min_i t_i``: delaying the winner alone leaves it where a neuron tied with the
-    winner fires, so a delay of the minimum asks each of them for it. An advance (``Δt < 0``) still goes
-    to the winner only, which is enough to move the minimum earlier.
+    ``share = False``: a delay (``Δt > 0``) goes, whole, to every tie as well as the winner; an advance
+    (``Δt < 0``) to the winner only. The pooled time is ``min_i t_i``: delaying the winner alone leaves
+    it where a tie fires, so a delay of the minimum asks each tie for it, while advancing one neuron is
+    enough to move the minimum earlier.
+    ``share = True``: the winner and its ``n − 1`` ties each take ``Δt / n``, of either sign. With exact
+    ties (``tie_steps = 0``) that is the mean of the minimum's subgradients, the one of least norm,
+    and neither sign is favoured. A window none of whose neurons fired hands ``Δt`` to its winner.
     """
     routed = route_to_winners(d_out, winner, t_in.shape)
     H, W = t_in.shape[-2:]
+
     def spread(x: torch.Tensor) -> torch.Tensor:
         x = x.repeat_interleave(k, dim=-2).repeat_interleave(k, dim=-1)
         return F.pad(x, (0, W - x.shape[-1], 0, H - x.shape[-2]), value=0.0)
-    B, C = t_in.shape[:2]
-    is_winner = torch.zeros(B, C, H * W, dtype=torch.bool, device=t_in.device)
-    is_winner.scatter_(2, winner.reshape(B, C, -1), True)
-    delay = spread(d_out.reshape(t_pooled.shape).clamp_min(0))
-    tied = torch.isfinite(t_in) & (t_in <= spread(t_pooled) + tie_steps) & ~is_winner.view(t_in.shape)
-    return torch.where(tied, delay, routed)
+
+    d_out = d_out.reshape(t_pooled.shape)
+    near = torch.isfinite(t_in) & (t_in <= spread(t_pooled) + tie_steps)  # the winner, if it fired, and its ties
+    if share:
+        count = F.avg_pool2d(near.to(d_out.dtype), k, k) * (k * k)
+        return torch.where(near, spread(d_out / count.clamp_min(1)), routed)
+    return torch.where(near, spread(d_out.clamp_min(0)), 0.0) + torch.where(near, routed.clamp(max=0), routed)
 
 
 def _receptive_fields(t_in: torch.Tensor, weight: torch.Tensor, padding: int) -> torch.Tensor:
