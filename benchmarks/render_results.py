@@ -124,8 +124,10 @@ def sweep_tables() -> list[str]:
         stopped = (" Variants with fewer epochs were stopped before their last epoch, by the sweep's `--deadline` or by hand "
                    "(the sweep's TOML file says why)." if len({r["epochs_done"] for r in rows}) > 1 else "")
         note = f" ({sweep['commit_note']})" if sweep.get("commit_note") else ""
-        borrowed = (f" The control row comes from the sweep `{control[0]}` (`results/sweep-{control[0]}.json`, commit "
-                    f"`{control[2]['commit'][:7]}`), with the same base config and budget; it was not trained again."
+        control_commits = (control[2].get("commits") or [control[2]["commit"]]) if control else []
+        borrowed = (f" The control row comes from the sweep `{control[0]}` (`results/sweep-{control[0]}.json`, "
+                    f"{'commits' if len(control_commits) > 1 else 'commit'} {', '.join(f'`{c[:7]}`' for c in control_commits)}), "
+                    f"with the same base config and budget; it was not trained again."
                     f"{other_machine(sweep, control[2])}" if control else "")
         commits = sweep.get("commits") or [sweep["commit"]]
         log = path.with_suffix(".log")

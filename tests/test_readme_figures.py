@@ -56,7 +56,8 @@ def test_sweep_tables_never_credit_a_borrowed_control_with_the_variants_changes(
 
 def test_sweep_tables_name_every_launch_of_a_sweep() -> None:
     """A sweep trained in several launches says so and names each launch's commit, not only the first
-    one's beside the last launch's command; a control from another kind of CPU is flagged."""
+    one's beside the last launch's command, also where it lends its control to another sweep; a control
+    from another kind of CPU is flagged."""
     render = benchmark_script("render_results")
     text = "\n".join(render.sweep_tables())
     checked = 0
@@ -72,3 +73,6 @@ def test_sweep_tables_name_every_launch_of_a_sweep() -> None:
             assert f"at commit `{sweep['commit'][:7]}`" in header, sweep["sweep"]
     assert checked > 0
     assert "machine with AVX512, this sweep's variants on one with AVX2" in text.split("### `bcsnn-population`", 1)[1]
+    # a control borrowed from a sweep of several launches names each of them
+    borrowed = text.split("### `bcsnn-pool-ties`", 1)[1].split("\n### ", 1)[0]
+    assert "(`results/sweep-bcsnn-population.json`, commits `d213699`, `acb87ef`)" in borrowed
