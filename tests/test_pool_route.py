@@ -1,7 +1,6 @@
-"""Pooling's displacement to tied neurons (``rule.pool_route = "ties"`` and ``"share"``) and one error
-normalisation per weighted layer (``rule.error_norm``): checked against a
-plain loop over the windows, shown to move the pooled minimum, and wired into the rule and
-the configuration."""
+"""Pooling's displacement to the neurons tied with a window's winner (``rule.pool_route = "ties"`` and
+``"share"``), checked against a plain loop over the windows and shown to move the pooled minimum, and one
+error normalisation per weighted layer (``rule.error_norm``); both wired into the rule and the configuration."""
 
 from __future__ import annotations
 
@@ -52,7 +51,7 @@ def _loop(d_out: torch.Tensor, t_in: torch.Tensor, k: int, steps: int, share: bo
     return out
 
 
-def earliest_sum(d_in: torch.Tensor) -> torch.Tensor:
+def _window_sums(d_in: torch.Tensor) -> torch.Tensor:
     """Each 2 × 2 window's sum (the windows that fit)."""
     H, W = d_in.shape[-2] // 2 * 2, d_in.shape[-1] // 2 * 2
     return torch.nn.functional.avg_pool2d(d_in[..., :H, :W], 2) * 4
@@ -71,7 +70,7 @@ def test_a_delay_goes_to_every_tied_neuron_and_an_advance_to_the_winner_only(see
     shared = route_to_ties(d_out, winner, t_in, t_pool, 2, steps, share=True)
     assert torch.allclose(shared, _loop(d_out, t_in, 2, steps, share=True), rtol=0, atol=1e-12)
     # a share keeps each window's total, so neither sign is favoured
-    assert torch.allclose(earliest_sum(shared), d_out, rtol=0, atol=1e-12)
+    assert torch.allclose(_window_sums(shared), d_out, rtol=0, atol=1e-12)
     # an advance and the winner's share are exactly those of the specification's routing
     plain = route_to_winners(d_out, winner, t_in.shape)
     assert torch.equal(route_to_ties(d_out.clamp(max=0), winner, t_in, t_pool, 2, steps), plain.clamp(max=0))
