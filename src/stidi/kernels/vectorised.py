@@ -140,7 +140,7 @@ def route_to_ties(d_out: torch.Tensor, winner: torch.Tensor, t_in: torch.Tensor,
     if share:
         count = F.avg_pool2d(near.to(d_out.dtype), k, k) * (k * k)
         return torch.where(near, spread(d_out / count.clamp_min(1)), routed)
-    return torch.where(near, spread(d_out.clamp_min(0)), 0.0) + torch.where(near, routed.clamp(max=0), routed)
+    return torch.where(near, spread(d_out.clamp_min(0)) + routed.clamp(max=0), routed)
 
 
 def _receptive_fields(t_in: torch.Tensor, weight: torch.Tensor, padding: int) -> torch.Tensor:
