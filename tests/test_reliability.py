@@ -126,3 +126,42 @@ def test_non_finite_update_stops_with_last_good_state(tmp_path, monkeypatch):
         train(_small_config(), out, progress=False, log=lambda m: None)
     saved = load_file(out / "checkpoint.safetensors")
     assert all(torch.isfinite(v).all() for k, v in saved.items() if k.startswith("weight."))
+
+
+def test_non_finite_weights_after_a_step_are_rolled_back(tmp_path, monkeypatch):
+    """A step whose inputs were finite but whose result is not is undone before the checkpoint."""
+    import stidi.train as train_module
+
+    real = train_module.floor_channel_scales  # called right after every optimiser step
+    calls = {"n": 0}
+
+    def poisoned(net):
+        real(net)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            with torch.no_grad():
+                net.weights[0].view(-1)[0] = float("inf")
+
+    monkeypatch.setattr(train_module, "floor_channel_scales", poisoned)
+    out = tmp_path / "run"
+    with pytest.raises(NonFiniteError, match=r"step 3: weights of weighted layer 1 \('4C5'\) are not finite"):
+        train(_small_config(), out, progress=False, log=lambda m: None)
+    saved = load_file(out / "checkpoint.safetensors")
+    assert all(torch.isfinite(v).all() for k, v in saved.items() if k.startswith("weight."))
+
+def test_finiteness_checks_agree_with_element_wise_ones():
+    """The cheap sum-based checks of the training step never miss an inf or NaN and never
+    flag a tensor whose sum overflows while every element is finite."""
+    from stidi.train import _all_finite, _has_nan
+
+    big = torch.full((4,), 3e38, dtype=torch.float32)  # finite elements, an infinite sum
+    assert _all_finite(big) and torch.isinf(big.sum())
+    for bad in (float("inf"), float("-inf"), float("nan")):
+        x = torch.zeros(1000)
+        x[517] = bad
+        assert not _all_finite(x)
+    times = torch.tensor([0.0, 12.0, float("inf"), 255.0])
+    assert not _has_nan(times)
+    assert not _has_nan(torch.tensor([float("inf"), float("-inf")]))  # a NaN sum without a NaN time
+    times[1] = float("nan")
+    assert _has_nan(times)

@@ -283,21 +283,46 @@ class NonFiniteError(StidiError):
     """A weight, update or spike time became NaN/inf; the last good state was checkpointed."""
 
 
+def _all_finite(x: torch.Tensor) -> bool:
+    """Whether every element of ``x`` is finite. A finite sum proves it in one cheap reduction
+    (any inf or NaN makes the sum non-finite); only a non-finite sum, which a large finite
+    tensor could also reach by overflow, needs the element-wise check."""
+    return bool(torch.isfinite(x.sum())) or bool(torch.isfinite(x).all())
+
+
+def _has_nan(times: torch.Tensor) -> bool:
+    """Whether spike times (in ``[0, T]`` or ``+inf`` for silence) contain NaN: without NaN their
+    sum is finite or ``+inf``, so only a NaN sum needs the element-wise check."""
+    return bool(torch.isnan(times.sum())) and bool(torch.isnan(times).any())
+
+
+def _trainable_names(net: Network) -> list[tuple[str, str]]:
+    """``(what, where)`` naming each of ``net.trainables()`` in messages."""
+    layers = list(range(len(net.weights))) + net.scale_layers  # the weighted layer of each trainable tensor
+    names = []
+    for n, k in enumerate(layers):
+        what = "" if n < len(net.weights) else "the learnt scales of "
+        names.append((what, f"weighted layer {k + 1} ('{net.layers[net.weighted[k]].token}')"))
+    return names
+
+
+def _non_finite_weights(net: Network) -> str | None:
+    """Name the first trainable tensor (weights or learnt scales) that is not finite."""
+    for (what, where), w in zip(_trainable_names(net), net.trainables()):
+        if not _all_finite(w):
+            return f"{what or 'weights of '}{where} are not finite"
+    return None
+
+
 def _first_non_finite(net: Network, directions: list[torch.Tensor], trace_times: list[torch.Tensor]) -> str | None:
     """Name the first layer whose spike times (NaN), update direction or weights are not finite."""
     for i, t in enumerate(trace_times[1:]):
-        if torch.isnan(t).any():
+        if _has_nan(t):
             return f"spike times of layer {i + 1} ('{net.layers[i].token}') contain NaN"
-    layers = list(range(len(net.weights))) + net.scale_layers  # the weighted layer of each trainable tensor
-    for n, (w, g) in enumerate(zip(net.trainables(), directions)):
-        k = layers[n]
-        what = "" if n < len(net.weights) else "the learnt scales of "
-        token = net.layers[net.weighted[k]].token
-        if not torch.isfinite(g).all():
-            return f"update of {what}weighted layer {k + 1} ('{token}') is not finite"
-        if not torch.isfinite(w).all():
-            return f"{what or 'weights of '}weighted layer {k + 1} ('{token}') are not finite"
-    return None
+    for (what, where), g in zip(_trainable_names(net), directions):
+        if not _all_finite(g):
+            return f"update of {what}{where} is not finite"
+    return _non_finite_weights(net)
 
 
 class Checkpoints:
@@ -538,7 +563,7 @@ class Trainer:
             floor_channel_scales(self.net)
             if self.t.binary_clip:
                 clip_binary_weights(self.net, self.t.binary_clip)
-            problem = _first_non_finite(self.net, directions, trace.times)
+            problem = _non_finite_weights(self.net)  # the step's inputs were checked above
             if problem is not None:
                 assign(self.net.trainables(), before[0])
                 self.opt.load_state_dict(before[1])
