@@ -15,6 +15,15 @@ set. No augmentation, no weight decay, no weight averaging: a plain reference po
 a tuned CNN. It tells how much of a gap to the paper's figure is left to a network of
 these shapes when its learning rule is exact backpropagation.
 
+``--binary`` also trains each config's binary twin: the weighted layers the config makes binary
+(``[model] binary``) compute with ``α · sign(w)``, ``α`` the layer's mean ``|w|``, and the
+gradient reaches the real weights ``w`` straight through the sign (BinaryConnect); after each
+step the real weights are clipped to ``± c α`` with the config's ``train.binary_clip = c``
+(none when 0). Biases stay real, as in the real-valued twin. It tells what exact
+backpropagation reaches with binary weights in these shapes::
+
+    python benchmarks/cnn_reference.py fashion-bcsnn --binary --out results/cnn-binary-reference.json
+
 ``--network``, ``--epochs``, ``--train-limit`` and ``--test-limit`` replace the config's
 values (the limits keep the first images, as ``stidi train`` does, so the validation images
 are the last of those kept), and ``--freeze-convs`` leaves the convolutions at their random
@@ -45,28 +54,58 @@ from stidi.config import load_config  # noqa: E402
 from stidi.errors import ConfigError  # noqa: E402
 from stidi.io import atomic_write_json  # noqa: E402
 from stidi.layers import Conv, Dense, Pool, parse_spec  # noqa: E402
+from stidi.network import per_layer  # noqa: E402
 from stidi.provenance import run_provenance  # noqa: E402
 from stidi.train import builtin_data  # noqa: E402
 
 EVAL_BATCH = 1000
 
 
-def build_cnn(spec: str, input_shape: tuple[int, ...]) -> nn.Sequential:
-    """The ReLU network with ``spec``'s layers (the last dense layer gives the logits)."""
+def binary_weight(w: torch.Tensor) -> torch.Tensor:
+    """``α · sign(w)`` (``sign(0) = +1``, ``α`` the mean ``|w|``) in the forward pass, with the
+    gradient passed straight through to ``w``."""
+    alpha = w.detach().abs().mean()
+    forward = alpha * torch.where(w.detach() >= 0, 1.0, -1.0)
+    return w + (forward - w).detach()
+
+
+class BinaryConv2d(nn.Conv2d):
+    """A convolution computing with :func:`binary_weight` of its real weights."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, binary_weight(self.weight), self.bias)
+
+
+class BinaryLinear(nn.Linear):
+    """A dense layer computing with :func:`binary_weight` of its real weights."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, binary_weight(self.weight), self.bias)
+
+
+def build_cnn(spec: str, input_shape: tuple[int, ...], binary: list[bool] | None = None) -> nn.Sequential:
+    """The ReLU network with ``spec``'s layers (the last dense layer gives the logits); weighted
+    layer ``k`` computes with binary weights where ``binary[k]`` (:class:`BinaryConv2d`,
+    :class:`BinaryLinear`)."""
     layers = parse_spec(spec, input_shape)
     modules: list[nn.Module] = []
     channels, shape = input_shape[0], tuple(input_shape)
+    weighted = 0
     for n, layer in enumerate(layers):
         last = n == len(layers) - 1
+        binarised = bool(binary and isinstance(layer, (Conv, Dense)) and binary[weighted])
         if isinstance(layer, Conv):
-            modules += [nn.Conv2d(channels, layer.channels, layer.kernel, padding=layer.padding), nn.ReLU()]
+            conv = BinaryConv2d if binarised else nn.Conv2d
+            modules += [conv(channels, layer.channels, layer.kernel, padding=layer.padding), nn.ReLU()]
             channels = layer.channels
+            weighted += 1
         elif isinstance(layer, Pool):
             modules.append(nn.MaxPool2d(layer.kernel))
         elif isinstance(layer, Dense):
             if len(shape) > 1:  # the first dense layer sees the flattened map
                 modules.append(nn.Flatten())
-            modules.append(nn.Linear(math.prod(shape), layer.units))
+            modules.append((BinaryLinear if binarised else nn.Linear)(math.prod(shape), layer.units))
+            weighted += 1
             if not last:
                 modules.append(nn.ReLU())
         shape = layer.output_shape(shape)
@@ -85,11 +124,22 @@ def as_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).float().div_(255.0).unsqueeze(1)
 
 
-def train_reference(name: str, lr: float, log, overrides: dict | None = None, freeze_convs: bool = False) -> dict:
+def clip_binary(model: nn.Module, c: float) -> None:
+    """Clip the real weights of every binary layer to ``± c α`` (``α`` their mean ``|w|``)."""
+    with torch.no_grad():
+        for module in model:
+            if isinstance(module, (BinaryConv2d, BinaryLinear)):
+                bound = c * float(module.weight.abs().mean())
+                module.weight.clamp_(-bound, bound)
+
+
+def train_reference(name: str, lr: float, log, overrides: dict | None = None, freeze_convs: bool = False,
+                    binary: bool = False) -> dict:
     """Train the CNN twin of reproduction config ``name``; returns its row of the result.
 
     ``overrides`` (``{"model": {...}, "train": {...}}``) replace config fields, as on the
-    ``stidi train`` command line; ``freeze_convs`` keeps the convolutions' initial weights.
+    ``stidi train`` command line; ``freeze_convs`` keeps the convolutions' initial weights;
+    ``binary`` binarises the layers the config makes binary (:func:`build_cnn`).
     """
     config = load_config(ROOT / "benchmarks" / "configs" / f"{name}.toml", overrides)
     t = config.train
@@ -102,7 +152,11 @@ def train_reference(name: str, lr: float, log, overrides: dict | None = None, fr
     x_train, y_train, x_val, y_val = x[:-n_val], y[:-n_val], x[-n_val:], y[-n_val:]
     x_test, y_test = as_tensor(test_set.images), test_set.labels
     torch.manual_seed(t.seed)
-    model = build_cnn(config.model.network, tuple(config.model.input_shape))
+    n_weighted = sum(isinstance(layer, (Conv, Dense)) for layer in parse_spec(config.model.network, tuple(config.model.input_shape)))
+    binary_layers = per_layer(config.model.binary, n_weighted, "model.binary", bool) if binary else None
+    if binary and not any(binary_layers):
+        raise ConfigError(f"{name}: --binary needs a config with binary layers (model.binary = {config.model.binary})")
+    model = build_cnn(config.model.network, tuple(config.model.input_shape), binary_layers)
     if freeze_convs:
         for module in model:
             if isinstance(module, nn.Conv2d):
@@ -123,6 +177,8 @@ def train_reference(name: str, lr: float, log, overrides: dict | None = None, fr
             opt.zero_grad()
             loss.backward()
             opt.step()
+            if binary and t.binary_clip:
+                clip_binary(model, t.binary_clip)
             schedule.step()
             correct += int((logits.argmax(1) == y_train[idx]).sum())
         row = {"epoch": epoch, "train_accuracy": round(correct / len(x_train), 4),
@@ -135,6 +191,7 @@ def train_reference(name: str, lr: float, log, overrides: dict | None = None, fr
     return {"name": name, "dataset": t.dataset, "network": config.model.network, "epochs": t.epochs,
             "batch_size": t.batch_size, "lr": lr, "seed": t.seed, "validation": n_val,
             "train_limit": t.train_limit, "test_limit": t.test_limit, "frozen_convs": freeze_convs,
+            "binary": binary_layers or False, "binary_clip": t.binary_clip if binary else None,
             "best_epoch": best["epoch"], "validation_accuracy": best["validation_accuracy"],
             "test_accuracy": best["test_accuracy"], "train_seconds": round(time.perf_counter() - started, 1),
             "by_epoch": epochs}
@@ -152,6 +209,9 @@ def main() -> int:
     parser.add_argument("--test-limit", type=int, help="test on the first N test images")
     parser.add_argument("--freeze-convs", action="store_true",
                         help="also train each config with its convolutions frozen at their random initial weights (a second row)")
+    parser.add_argument("--binary", action="store_true",
+                        help="also train each config's binary twin: its binary layers with α·sign(w) forward and "
+                             "straight-through gradients (a second row)")
     args = parser.parse_args()
     overrides: dict = {}
     if args.network:
@@ -170,8 +230,9 @@ def main() -> int:
         print(message, flush=True)
 
     try:
-        rows = [train_reference(name, args.lr, say, overrides, frozen) for name in args.names
-                for frozen in ((False, True) if args.freeze_convs else (False,))]
+        rows = [train_reference(name, args.lr, say, overrides, frozen, binary) for name in args.names
+                for frozen in ((False, True) if args.freeze_convs else (False,))
+                for binary in ((False, True) if args.binary else (False,))]
     except ConfigError as exc:
         parser.error(str(exc))
     result = {

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn as nn
 
+from stidi.errors import ConfigError
 from stidi.network import Network
 from tests.benchmark_scripts import benchmark_script
 
@@ -40,3 +42,36 @@ def test_frozen_convolutions_keep_their_initial_weights_on_the_limited_budget(mo
     assert not torch.equal(built[1][-1].weight, start[-1].weight)  # the readout still learns
     assert [(r["frozen_convs"], r["train_limit"], r["test_limit"], r["network"]) for r in rows] == [
         (False, 300, 200, "4C5p2-P2-8C5p2-P2-16-10"), (True, 300, 200, "4C5p2-P2-8C5p2-P2-16-10")]
+
+
+def test_binary_twin_computes_with_signs_and_learns_the_real_weights():
+    module = benchmark_script("cnn_reference")
+    torch.manual_seed(0)
+    cnn = module.build_cnn("4C5p2-P2-8C5p2-P2-16-10", (1, 28, 28), [True, False, True, True])
+    kinds = [type(m) for m in cnn if isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert kinds == [module.BinaryConv2d, nn.Conv2d, module.BinaryLinear, module.BinaryLinear]
+    conv = cnn[0]
+    x = torch.rand(2, 1, 28, 28)
+    alpha = conv.weight.abs().mean()
+    signs = torch.where(conv.weight >= 0, 1.0, -1.0)
+    assert torch.allclose(conv(x), torch.nn.functional.conv2d(x, alpha * signs, conv.bias, padding=2), atol=1e-6)
+    assert not torch.allclose(conv(x), torch.nn.functional.conv2d(x, conv.weight, conv.bias, padding=2), atol=1e-3)
+    cnn(x).sum().backward()
+    assert conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0  # straight through the sign
+    with torch.no_grad():
+        conv.weight[0, 0, 0, 0] = 100.0
+        bound = 3.0 * float(conv.weight.abs().mean())  # α before the clip
+    module.clip_binary(cnn, 3.0)
+    assert abs(float(conv.weight.detach()[0, 0, 0, 0]) - bound) < 1e-5 and conv.weight.abs().max() <= bound + 1e-5
+
+
+def test_binary_rows_follow_the_configs_binary_layers():
+    module = benchmark_script("cnn_reference")
+    overrides = {"model": {"network": "4C5p2-P2-8C5p2-P2-10"},
+                 "train": {"epochs": 1, "train_limit": 300, "test_limit": 200, "validation": 100}}
+    row = module.train_reference("fashion-bcsnn", 1e-3, lambda m: None, overrides, binary=True)
+    assert row["binary"] == [True, True, True] and row["binary_clip"] == 3.0
+    assert module.train_reference("fashion-bcsnn", 1e-3, lambda m: None, overrides)["binary"] is False
+    with pytest.raises(ConfigError, match="--binary needs a config with binary layers"):
+        module.train_reference("fashion-rcsnn", 1e-3, lambda m: None,
+                               {**overrides, "model": {"network": "4C5p2-P2-8C5p2-P2-16-10"}}, binary=True)
