@@ -24,6 +24,11 @@ backpropagation reaches with binary weights in these shapes::
 
     python benchmarks/cnn_reference.py fashion-bcsnn --binary --out results/cnn-binary-reference.json
 
+``--only-binary`` trains the binary twin alone; ``--no-bias`` leaves every bias out, as the
+spiking network has none::
+
+    python benchmarks/cnn_reference.py fashion-bcsnn --only-binary --no-bias --out results/cnn-binary-no-bias.json
+
 ``--network``, ``--epochs``, ``--train-limit`` and ``--test-limit`` replace the config's
 values (the limits keep the first images, as ``stidi train`` does, so the validation images
 are the last of those kept), and ``--freeze-convs`` leaves the convolutions at their random
@@ -83,10 +88,10 @@ class BinaryLinear(nn.Linear):
         return F.linear(x, binary_weight(self.weight), self.bias)
 
 
-def build_cnn(spec: str, input_shape: tuple[int, ...], binary: list[bool] | None = None) -> nn.Sequential:
+def build_cnn(spec: str, input_shape: tuple[int, ...], binary: list[bool] | None = None, bias: bool = True) -> nn.Sequential:
     """The ReLU network with ``spec``'s layers (the last dense layer gives the logits); weighted
     layer ``k`` computes with binary weights where ``binary[k]`` (:class:`BinaryConv2d`,
-    :class:`BinaryLinear`)."""
+    :class:`BinaryLinear`); without ``bias`` no layer has biases, as in the spiking network."""
     layers = parse_spec(spec, input_shape)
     modules: list[nn.Module] = []
     channels, shape = input_shape[0], tuple(input_shape)
@@ -96,7 +101,7 @@ def build_cnn(spec: str, input_shape: tuple[int, ...], binary: list[bool] | None
         binarised = bool(binary and isinstance(layer, (Conv, Dense)) and binary[weighted])
         if isinstance(layer, Conv):
             conv = BinaryConv2d if binarised else nn.Conv2d
-            modules += [conv(channels, layer.channels, layer.kernel, padding=layer.padding), nn.ReLU()]
+            modules += [conv(channels, layer.channels, layer.kernel, padding=layer.padding, bias=bias), nn.ReLU()]
             channels = layer.channels
             weighted += 1
         elif isinstance(layer, Pool):
@@ -104,7 +109,7 @@ def build_cnn(spec: str, input_shape: tuple[int, ...], binary: list[bool] | None
         elif isinstance(layer, Dense):
             if len(shape) > 1:  # the first dense layer sees the flattened map
                 modules.append(nn.Flatten())
-            modules.append((BinaryLinear if binarised else nn.Linear)(math.prod(shape), layer.units))
+            modules.append((BinaryLinear if binarised else nn.Linear)(math.prod(shape), layer.units, bias=bias))
             weighted += 1
             if not last:
                 modules.append(nn.ReLU())
@@ -134,12 +139,13 @@ def clip_binary(model: nn.Module, c: float) -> None:
 
 
 def train_reference(name: str, lr: float, log, overrides: dict | None = None, freeze_convs: bool = False,
-                    binary: bool = False) -> dict:
+                    binary: bool = False, bias: bool = True) -> dict:
     """Train the CNN twin of reproduction config ``name``; returns its row of the result.
 
     ``overrides`` (``{"model": {...}, "train": {...}}``) replace config fields, as on the
     ``stidi train`` command line; ``freeze_convs`` keeps the convolutions' initial weights;
-    ``binary`` binarises the layers the config makes binary (:func:`build_cnn`).
+    ``binary`` binarises the layers the config makes binary; ``bias = False`` leaves out every
+    bias (:func:`build_cnn`).
     """
     config = load_config(ROOT / "benchmarks" / "configs" / f"{name}.toml", overrides)
     t = config.train
@@ -156,7 +162,7 @@ def train_reference(name: str, lr: float, log, overrides: dict | None = None, fr
     binary_layers = per_layer(config.model.binary, n_weighted, "model.binary", bool) if binary else None
     if binary and not any(binary_layers):
         raise ConfigError(f"{name}: --binary needs a config with binary layers (model.binary = {config.model.binary})")
-    model = build_cnn(config.model.network, tuple(config.model.input_shape), binary_layers)
+    model = build_cnn(config.model.network, tuple(config.model.input_shape), binary_layers, bias)
     if freeze_convs:
         for module in model:
             if isinstance(module, nn.Conv2d):
@@ -191,7 +197,7 @@ def train_reference(name: str, lr: float, log, overrides: dict | None = None, fr
     return {"name": name, "dataset": t.dataset, "network": config.model.network, "epochs": t.epochs,
             "batch_size": t.batch_size, "lr": lr, "seed": t.seed, "validation": n_val,
             "train_limit": t.train_limit, "test_limit": t.test_limit, "frozen_convs": freeze_convs,
-            "binary": binary_layers or False, "binary_clip": t.binary_clip if binary else None,
+            "binary": binary_layers or False, "binary_clip": t.binary_clip if binary else None, "bias": bias,
             "best_epoch": best["epoch"], "validation_accuracy": best["validation_accuracy"],
             "test_accuracy": best["test_accuracy"], "train_seconds": round(time.perf_counter() - started, 1),
             "by_epoch": epochs}
@@ -212,6 +218,8 @@ def main() -> int:
     parser.add_argument("--binary", action="store_true",
                         help="also train each config's binary twin: its binary layers with α·sign(w) forward and "
                              "straight-through gradients (a second row)")
+    parser.add_argument("--only-binary", action="store_true", help="train the binary twin only (no real-valued row)")
+    parser.add_argument("--no-bias", action="store_true", help="no biases in any layer, as in the spiking network")
     args = parser.parse_args()
     overrides: dict = {}
     if args.network:
@@ -230,9 +238,9 @@ def main() -> int:
         print(message, flush=True)
 
     try:
-        rows = [train_reference(name, args.lr, say, overrides, frozen, binary) for name in args.names
+        rows = [train_reference(name, args.lr, say, overrides, frozen, binary, not args.no_bias) for name in args.names
                 for frozen in ((False, True) if args.freeze_convs else (False,))
-                for binary in ((False, True) if args.binary else (False,))]
+                for binary in ((True,) if args.only_binary else (False, True) if args.binary else (False,))]
     except ConfigError as exc:
         parser.error(str(exc))
     result = {

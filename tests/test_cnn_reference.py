@@ -75,3 +75,14 @@ def test_binary_rows_follow_the_configs_binary_layers():
     with pytest.raises(ConfigError, match="--binary needs a config with binary layers"):
         module.train_reference("fashion-rcsnn", 1e-3, lambda m: None,
                                {**overrides, "model": {"network": "4C5p2-P2-8C5p2-P2-16-10"}}, binary=True)
+
+
+def test_the_twin_without_biases_has_none():
+    module = benchmark_script("cnn_reference")
+    cnn = module.build_cnn("4C5p2-P2-8C5p2-P2-16-10", (1, 28, 28), [True, True, True, True], bias=False)
+    assert all(m.bias is None for m in cnn if isinstance(m, (nn.Conv2d, nn.Linear)))
+    assert cnn(torch.zeros(2, 1, 28, 28)).abs().max() == 0  # no bias: a blank image gives zero logits
+    overrides = {"model": {"network": "4C5p2-P2-8C5p2-P2-10"},
+                 "train": {"epochs": 1, "train_limit": 300, "test_limit": 200, "validation": 100}}
+    row = module.train_reference("fashion-bcsnn", 1e-3, lambda m: None, overrides, binary=True, bias=False)
+    assert row["bias"] is False and row["binary"] == [True, True, True]
