@@ -107,6 +107,15 @@ def test_corrupt_checkpoint_falls_back_to_previous_then_refuses(tmp_path):
         train(config, out, resume=True, progress=False, log=lambda m: None)
 
 
+def _stops_with_a_finite_checkpoint(tmp_path: Path, message: str) -> None:
+    """Training stops with ``message`` and checkpoints only finite weights."""
+    out = tmp_path / "run"
+    with pytest.raises(NonFiniteError, match=message):
+        train(_small_config(), out, progress=False, log=lambda m: None)
+    saved = load_file(out / "checkpoint.safetensors")
+    assert all(torch.isfinite(v).all() for k, v in saved.items() if k.startswith("weight."))
+
+
 def test_non_finite_update_stops_with_last_good_state(tmp_path, monkeypatch):
     import stidi.train as train_module
 
@@ -121,11 +130,7 @@ def test_non_finite_update_stops_with_last_good_state(tmp_path, monkeypatch):
         return directions
 
     monkeypatch.setattr(train_module, "finish_directions", poisoned)
-    out = tmp_path / "run"
-    with pytest.raises(NonFiniteError, match=r"step 3: update of weighted layer 2 \('10'\) is not finite"):
-        train(_small_config(), out, progress=False, log=lambda m: None)
-    saved = load_file(out / "checkpoint.safetensors")
-    assert all(torch.isfinite(v).all() for k, v in saved.items() if k.startswith("weight."))
+    _stops_with_a_finite_checkpoint(tmp_path, r"step 3: update of weighted layer 2 \('10'\) is not finite")
 
 
 def test_non_finite_weights_after_a_step_are_rolled_back(tmp_path, monkeypatch):
@@ -143,11 +148,8 @@ def test_non_finite_weights_after_a_step_are_rolled_back(tmp_path, monkeypatch):
                 net.weights[0].view(-1)[0] = float("inf")
 
     monkeypatch.setattr(train_module, "floor_channel_scales", poisoned)
-    out = tmp_path / "run"
-    with pytest.raises(NonFiniteError, match=r"step 3: weights of weighted layer 1 \('4C5'\) are not finite"):
-        train(_small_config(), out, progress=False, log=lambda m: None)
-    saved = load_file(out / "checkpoint.safetensors")
-    assert all(torch.isfinite(v).all() for k, v in saved.items() if k.startswith("weight."))
+    _stops_with_a_finite_checkpoint(tmp_path, r"step 3: weights of weighted layer 1 \('4C5'\) are not finite")
+
 
 def test_finiteness_checks_agree_with_element_wise_ones():
     """The cheap sum-based checks of the training step never miss an inf or NaN and never
