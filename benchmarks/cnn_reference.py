@@ -59,7 +59,6 @@ from stidi.config import load_config  # noqa: E402
 from stidi.errors import ConfigError  # noqa: E402
 from stidi.io import atomic_write_json  # noqa: E402
 from stidi.layers import Conv, Dense, Pool, parse_spec  # noqa: E402
-from stidi.network import per_layer  # noqa: E402
 from stidi.provenance import run_provenance  # noqa: E402
 from stidi.train import builtin_data  # noqa: E402
 
@@ -88,17 +87,18 @@ class BinaryLinear(nn.Linear):
         return F.linear(x, binary_weight(self.weight), self.bias)
 
 
-def build_cnn(spec: str, input_shape: tuple[int, ...], binary: list[bool] | None = None, bias: bool = True) -> nn.Sequential:
+def build_cnn(spec: str, input_shape: tuple[int, ...], binary: bool | list[bool] = False, bias: bool = True) -> nn.Sequential:
     """The ReLU network with ``spec``'s layers (the last dense layer gives the logits); weighted
-    layer ``k`` computes with binary weights where ``binary[k]`` (:class:`BinaryConv2d`,
-    :class:`BinaryLinear`); without ``bias`` no layer has biases, as in the spiking network."""
+    layer ``k`` computes with binary weights where ``binary`` (one value, or one per weighted layer
+    as in ``[model] binary``) says so (:class:`BinaryConv2d`, :class:`BinaryLinear`); without
+    ``bias`` no layer has biases, as in the spiking network."""
     layers = parse_spec(spec, input_shape)
     modules: list[nn.Module] = []
     channels, shape = input_shape[0], tuple(input_shape)
     weighted = 0
     for n, layer in enumerate(layers):
         last = n == len(layers) - 1
-        binarised = bool(binary and isinstance(layer, (Conv, Dense)) and binary[weighted])
+        binarised = isinstance(layer, (Conv, Dense)) and bool(binary[weighted] if isinstance(binary, list) else binary)
         if isinstance(layer, Conv):
             conv = BinaryConv2d if binarised else nn.Conv2d
             modules += [conv(channels, layer.channels, layer.kernel, padding=layer.padding, bias=bias), nn.ReLU()]
@@ -158,11 +158,10 @@ def train_reference(name: str, lr: float, log, overrides: dict | None = None, fr
     x_train, y_train, x_val, y_val = x[:-n_val], y[:-n_val], x[-n_val:], y[-n_val:]
     x_test, y_test = as_tensor(test_set.images), test_set.labels
     torch.manual_seed(t.seed)
-    n_weighted = sum(isinstance(layer, (Conv, Dense)) for layer in parse_spec(config.model.network, tuple(config.model.input_shape)))
-    binary_layers = per_layer(config.model.binary, n_weighted, "model.binary", bool) if binary else None
+    model = build_cnn(config.model.network, tuple(config.model.input_shape), config.model.binary if binary else False, bias)
+    binary_layers = [isinstance(m, (BinaryConv2d, BinaryLinear)) for m in model if isinstance(m, (nn.Conv2d, nn.Linear))]
     if binary and not any(binary_layers):
         raise ConfigError(f"{name}: --binary needs a config with binary layers (model.binary = {config.model.binary})")
-    model = build_cnn(config.model.network, tuple(config.model.input_shape), binary_layers, bias)
     if freeze_convs:
         for module in model:
             if isinstance(module, nn.Conv2d):
@@ -197,7 +196,7 @@ def train_reference(name: str, lr: float, log, overrides: dict | None = None, fr
     return {"name": name, "dataset": t.dataset, "network": config.model.network, "epochs": t.epochs,
             "batch_size": t.batch_size, "lr": lr, "seed": t.seed, "validation": n_val,
             "train_limit": t.train_limit, "test_limit": t.test_limit, "frozen_convs": freeze_convs,
-            "binary": binary_layers or False, "binary_clip": t.binary_clip if binary else None, "bias": bias,
+            "binary": binary_layers if binary else False, "binary_clip": t.binary_clip if binary else None, "bias": bias,
             "best_epoch": best["epoch"], "validation_accuracy": best["validation_accuracy"],
             "test_accuracy": best["test_accuracy"], "train_seconds": round(time.perf_counter() - started, 1),
             "by_epoch": epochs}

@@ -10,6 +10,10 @@ from stidi.errors import ConfigError
 from stidi.network import Network
 from tests.benchmark_scripts import benchmark_script
 
+#: the binary recipe (three binary weighted layers) on a budget of seconds
+SMALL_BINARY = {"model": {"network": "4C5p2-P2-8C5p2-P2-10"},
+                "train": {"epochs": 1, "train_limit": 300, "test_limit": 200, "validation": 100}}
+
 
 def test_cnn_twin_has_the_spiking_networks_shapes_and_weights():
     build_cnn = benchmark_script("cnn_reference").build_cnn
@@ -67,14 +71,12 @@ def test_binary_twin_computes_with_signs_and_learns_the_real_weights():
 
 def test_binary_rows_follow_the_configs_binary_layers():
     module = benchmark_script("cnn_reference")
-    overrides = {"model": {"network": "4C5p2-P2-8C5p2-P2-10"},
-                 "train": {"epochs": 1, "train_limit": 300, "test_limit": 200, "validation": 100}}
-    row = module.train_reference("fashion-bcsnn", 1e-3, lambda m: None, overrides, binary=True)
+    row = module.train_reference("fashion-bcsnn", 1e-3, lambda m: None, SMALL_BINARY, binary=True)
     assert row["binary"] == [True, True, True] and row["binary_clip"] == 3.0
-    assert module.train_reference("fashion-bcsnn", 1e-3, lambda m: None, overrides)["binary"] is False
+    assert module.train_reference("fashion-bcsnn", 1e-3, lambda m: None, SMALL_BINARY)["binary"] is False
     with pytest.raises(ConfigError, match="--binary needs a config with binary layers"):
         module.train_reference("fashion-rcsnn", 1e-3, lambda m: None,
-                               {**overrides, "model": {"network": "4C5p2-P2-8C5p2-P2-16-10"}}, binary=True)
+                               {**SMALL_BINARY, "model": {"network": "4C5p2-P2-8C5p2-P2-16-10"}}, binary=True)
 
 
 def test_the_twin_without_biases_has_none():
@@ -82,7 +84,5 @@ def test_the_twin_without_biases_has_none():
     cnn = module.build_cnn("4C5p2-P2-8C5p2-P2-16-10", (1, 28, 28), [True, True, True, True], bias=False)
     assert all(m.bias is None for m in cnn if isinstance(m, (nn.Conv2d, nn.Linear)))
     assert cnn(torch.zeros(2, 1, 28, 28)).abs().max() == 0  # no bias: a blank image gives zero logits
-    overrides = {"model": {"network": "4C5p2-P2-8C5p2-P2-10"},
-                 "train": {"epochs": 1, "train_limit": 300, "test_limit": 200, "validation": 100}}
-    row = module.train_reference("fashion-bcsnn", 1e-3, lambda m: None, overrides, binary=True, bias=False)
+    row = module.train_reference("fashion-bcsnn", 1e-3, lambda m: None, SMALL_BINARY, binary=True, bias=False)
     assert row["bias"] is False and row["binary"] == [True, True, True]
