@@ -52,6 +52,26 @@ def accuracy_table(runs: dict[str, dict]) -> list[str]:
     return lines
 
 
+def other_runs_table(runs: dict[str, dict]) -> list[str]:
+    """Runs of ``results/accuracy.json`` beside the five targets (e.g. a kept recipe trained on every
+    training image): what they measure is in their config's header; empty when there are none."""
+    others = [r for name, r in sorted(runs.items()) if name not in TARGETS]
+    if not others:
+        return []
+    lines = ["Runs beside the targets, each a variant of a kept recipe named in its config's header "
+             "(`benchmarks/configs/NAME.toml`). A run that holds out no validation images keeps its last epoch, as "
+             "`stidi train` does; the test set chooses nothing.", "",
+             "| run | data | network | training images held out | epochs run | epoch kept | test accuracy | training time (threads) |",
+             "|---|---|---|---:|---|---|---|---|"]
+    for r in others:
+        config = run_config(r["name"])
+        held_out = f"{config.train.validation:,}" if config is not None else "—"
+        data = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}.get(r["dataset"], r["dataset"])
+        lines.append(f"| {r['name']} | {data} | `{r['network']}` | {held_out} | {r['epochs']} | {r['best_epoch']} | "
+                     f"**{pct(r['test_accuracy'])}** | {r['train_seconds'] / 60:.0f} min ({r.get('threads', '?')}) |")
+    return lines
+
+
 def ablation_table(ablation: dict) -> list[str]:
     rows = ablation.get("summary", [])
     if not rows:
@@ -374,6 +394,8 @@ def main() -> int:
              "took several times longer than on a quiet machine (each run's log has the images/s of every epoch, and",
              "[performance.md](performance.md) the speed of a quiet one).", ""]
     lines += accuracy_table(runs)
+    if others := other_runs_table(runs):
+        lines += [""] + others
     if plot_curves(runs):
         lines += ["", f"![learning curves](images/{CURVES.name})"]
     lines += ["", "Firing fraction per layer at the chosen epoch (fraction of neurons firing before T on the test set, "

@@ -76,3 +76,19 @@ def test_sweep_tables_name_every_launch_of_a_sweep() -> None:
     # a control borrowed from a sweep of several launches names each of them
     borrowed = text.split("### `bcsnn-pool-ties`", 1)[1].split("\n### ", 1)[0]
     assert "(`results/sweep-bcsnn-population.json`, commits `d213699`, `acb87ef`)" in borrowed
+
+
+def test_runs_beside_the_targets_get_their_own_table_with_what_they_held_out() -> None:
+    """A run of results/accuracy.json that is not one of the five targets (a kept recipe trained on every
+    training image) is listed in docs/results.md beside the targets' table, never in it, with the
+    validation images its config held out; without such runs there is no second table."""
+    render = benchmark_script("render_results")
+    runs = {r["name"]: r for r in json.loads((ROOT / "results" / "accuracy.json").read_text())["runs"]}
+    targets_only = {name: r for name, r in runs.items() if name in render.TARGETS}
+    assert render.other_runs_table(targets_only) == []
+    extra = dict(runs["fashion-rcsnn"], name="fashion-rcsnn-all-training-images", epochs=14, best_epoch=14)
+    table = render.other_runs_table({**targets_only, extra["name"]: extra})
+    rows = [line for line in table if line.startswith("| fashion-")]
+    assert rows == [f"| fashion-rcsnn-all-training-images | Fashion-MNIST | `{extra['network']}` | 0 | 14 | 14 | "
+                    f"**{100 * extra['test_accuracy']:.2f} %** | {extra['train_seconds'] / 60:.0f} min (2) |"]
+    assert not any(line.startswith("| fashion-rcsnn-all") for line in render.accuracy_table({**targets_only, extra["name"]: extra}))
