@@ -31,6 +31,9 @@ TARGETS = {
     "mnist-fc": ("MNIST", False, 0.974, "S4NN 784-400-10: 97.4 %"),
 }
 
+#: dataset name in configs -> as tables and plots print it
+DATASET_NAMES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}
+
 
 def pct(x: float | None) -> str:
     return "—" if x is None else f"{100 * x:.2f} %"
@@ -66,8 +69,7 @@ def other_runs_table(runs: dict[str, dict]) -> list[str]:
     for r in others:
         config = run_config(r["name"])
         held_out = f"{config.train.validation:,}" if config is not None else "—"
-        data = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}.get(r["dataset"], r["dataset"])
-        lines.append(f"| {r['name']} | {data} | `{r['network']}` | {held_out} | {r['epochs']} | {r['best_epoch']} | "
+        lines.append(f"| {r['name']} | {DATASET_NAMES.get(r['dataset'], r['dataset'])} | `{r['network']}` | {held_out} | {r['epochs']} | {r['best_epoch']} | "
                      f"**{pct(r['test_accuracy'])}** | {r['train_seconds'] / 60:.0f} min ({r.get('threads', '?')}) |")
     return lines
 
@@ -348,7 +350,7 @@ def plot_curves(runs: dict[str, dict]) -> bool:
         ax.set_ylabel("accuracy (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
-        ax.set_title({"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}.get(dataset, dataset))
+        ax.set_title(DATASET_NAMES.get(dataset, dataset))
     fig.suptitle("STiDi-BP reproduction runs")
     CURVES.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
