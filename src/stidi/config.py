@@ -100,6 +100,8 @@ class RuleConfig:
     pool_route: str = _field("winner", one_of("winner", "ties", "share"), "where a pooling layer sends its displacement: to each window's winner ('winner', the specification); a delay also, whole, to every neuron of the window that fired within rule.pool_tie_steps steps of the winner, since the window's earliest spike moves later only when all of them do ('ties'; an advance still goes to the winner only); or an equal share of it, of either sign, to the winner and each of those neurons ('share'; with exact ties the mean subgradient of the minimum)")
     pool_tie_steps: int = _field(0, NON_NEGATIVE, "with pool_route = 'ties' or 'share': how many steps after the winner a neuron of the window may fire and still take part (0: exact ties only)")
     decision_floor: float = _field(0.0, NON_NEGATIVE, "t_f (steps): the targets' reference time r becomes max(r, t_f), so a decision before t_f is pushed later (0: the plain rule)")
+    auxiliary_after: list = _field([], (lambda v: all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in v) and len(set(v)) == len(v), "a list of distinct layer positions ≥ 1"), "training-only readouts (deep supervision): after each listed layer of model.network (1-based, e.g. [2, 4] after both pooling layers of 64C5p2-P2-128C5p2-P2-512-10) a dense layer of one neuron per class learns from the labels by the rule, and its displacement of that layer's spikes is blended into the one from above; never saved with the model ([]: none)")
+    auxiliary_share: float = _field(0.3, (lambda v: 0 < v < 1, "a number in (0, 1)"), "λ: with auxiliary_after, a hidden layer's displacement is (1 − λ) of the one from above plus λ of its auxiliary readout's, each at unit norm per image")
 
 
 @dataclass
@@ -207,7 +209,8 @@ def validate(config: Config, source: str = "config") -> None:
     (:data:`PER_LAYER_FIELDS`) is one value or a list with one per weighted layer, so a wrong length is caught when
     the configuration is read, with the file named, not when training starts; the slope latency derivative needs
     the ramp PSP; late revival needs the mask gate; the decision floor must lie before ``T``; dropout must leave
-    the output layer alone; distillation needs a teacher; the population must divide the outputs."""
+    the output layer alone; distillation needs a teacher; the population must divide the outputs; auxiliary
+    readouts attach to hidden layers."""
     try:
         layers = parse_spec(config.model.network, encoded_shape(tuple(config.model.input_shape), config.model.input_polarity),
                             math.prod(config.model.input_shape))
@@ -239,6 +242,11 @@ def validate(config: Config, source: str = "config") -> None:
         raise ConfigError(f"{source}: model.population = {config.model.population} does not divide the {layers[-1].units} outputs "
                           f"of {config.model.network}; end the spec with classes × population, e.g. -{10 * config.model.population} "
                           "for 10 classes")
+    hidden = len(layers) - 1
+    late = [n for n in config.rule.auxiliary_after if n > hidden]
+    if late:
+        raise ConfigError(f"{source}: rule.auxiliary_after = {config.rule.auxiliary_after}: {late[0]} is not a hidden layer of "
+                          f"{config.model.network}, which has {hidden} before its readout; give positions 1 … {hidden}")
     if config.rule.decision_floor >= config.model.T:
         raise ConfigError(f"{source}: rule.decision_floor = {config.rule.decision_floor} must be below model.T = {config.model.T} "
                           "(the reference time of the output targets; 0 turns it off)")

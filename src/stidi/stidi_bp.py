@@ -76,7 +76,7 @@ data-parallel run applies exactly the update of one process (:mod:`stidi.distrib
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
@@ -87,6 +87,9 @@ from .kernels import vectorised as engine
 from .kernels.psp import psp_scale
 from .layers import Conv, Pool
 from .network import Network, Trace, per_layer
+
+if TYPE_CHECKING:
+    from .auxiliary import AuxiliaryReadouts
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,8 @@ class RuleOptions:
     population_update: str = "winner"
     pool_route: str = "winner"
     pool_tie_steps: int = 0
+    auxiliary_after: tuple[int, ...] | list[int] = ()
+    auxiliary_share: float = 0.3
 
 
 def population_error(t_out: torch.Tensor, class_error: torch.Tensor, labels: torch.Tensor, T: int, mode: str) -> torch.Tensor:
@@ -277,7 +282,8 @@ def potential_slope(x: torch.Tensor, w: torch.Tensor, t_out: torch.Tensor, paddi
 
 @torch.no_grad()
 def update_sums(net: Network, trace: Trace, labels: torch.Tensor, opts: RuleOptions, batch: int | None = None,
-                agree: Agree = _alone, teacher: torch.Tensor | None = None) -> list[torch.Tensor]:
+                agree: Agree = _alone, teacher: torch.Tensor | None = None,
+                auxiliary: "AuxiliaryReadouts | None" = None) -> list[torch.Tensor]:
     """Exact fixed-point sums ``Σ δ ε · scale`` over this batch, one float64 tensor per weighted layer.
 
     Walks the layers from the top once. For every weighted layer it uses only that
@@ -291,25 +297,27 @@ def update_sums(net: Network, trace: Trace, labels: torch.Tensor, opts: RuleOpti
     sums of two shares of a batch add up to the sum of the whole batch to the bit, in any
     order, on any number of threads. :func:`finish_directions` turns them into directions.
     ``teacher``: a teacher's output spike times for these images, for ``opts.distill``
-    (:func:`output_error`).
+    (:func:`output_error`). ``auxiliary``: training-only readouts on hidden layers
+    (:mod:`stidi.auxiliary`), whose displacements are blended into the one from above where they
+    attach; their sums follow the network's, in the order of ``auxiliary.nodes``.
     """
     T, B = net.T, labels.shape[0]
     batch = B if batch is None else batch
     sums: list[torch.Tensor | None] = [None] * len(net.weighted)
-    t_out = trace.times[-1]
-    error = output_error(net.class_times(t_out), labels, T, opts.gamma, net.forced_firing, opts.decision_floor, opts.targets,
-                         opts.softmax_temperature, teacher, opts.distill, opts.distill_scope)
-    if net.population > 1:
-        error = population_error(t_out, error, labels, T, opts.population_update)
     norms = per_layer(opts.error_norm, len(net.weighted), "error_norm", str)
-    error = normalise(error, norms[-1], agree)
+    error = readout_error(net, trace.times[-1], labels, opts, norms[-1], agree, teacher)
+    extra: list[torch.Tensor] = []
     shift = None  # displacement of the current layer's outputs, from the layer above
     for i in reversed(range(len(net.layers))):
-        layer, t_in, t_out = net.layers[i], trace.times[i], trace.times[i + 1]
+        layer, t_in = net.layers[i], trace.times[i]
+        if auxiliary is not None and i + 1 in auxiliary.nodes:
+            head_sums, shift = auxiliary.blend(i + 1, trace.times[i + 1], labels, shift, opts, batch, agree)
+            shift = _without_dropped(shift, trace, i + 1)
+            extra.append(head_sums)
         if isinstance(layer, Pool):
             if opts.pool_route in ("ties", "share"):
-                routed = engine.route_to_ties(shift, trace.winners[i], t_in, t_out, layer.kernel, opts.pool_tie_steps,
-                                              share=opts.pool_route == "share")
+                routed = engine.route_to_ties(shift, trace.winners[i], t_in, trace.times[i + 1], layer.kernel,
+                                              opts.pool_tie_steps, share=opts.pool_route == "share")
             else:
                 routed = engine.route_to_winners(shift, trace.winners[i], t_in.shape)
             shift = _without_dropped(routed, trace, i)
@@ -317,24 +325,47 @@ def update_sums(net: Network, trace: Trace, labels: torch.Tensor, opts: RuleOpti
         k = net.weighted.index(i)
         if shift is not None:
             error = normalise(shift / T, norms[k], agree)
-        w = net.weight_of(i) if opts.binary_displacement == "forward" else net.weights[k]
-        theta = net.thresholds[k]
-        x, padding = net.layer_operands(i, t_in)
-        t_rule = t_out.clamp(max=T)
-        slope = None
-        if opts.latency_derivative == "slope":
-            slope = potential_slope(x, net.weight_of(i), t_rule, padding, T, opts.slope_bins,
-                                    need=error.reshape(t_rule.shape) != 0)
-        delta = error.reshape(t_rule.shape) * latency_gain(t_rule, theta, opts.latency_derivative, slope, T)
-        q = fixed_point.batch_quantum(delta, batch, T, net.tau, agree)
-        sums[k], shift = kernels.rule(x, t_rule, delta, w, opts.displacement_gate, T, net.tau, padding,
-                                      need_displacement=i > 0, quantum=q)
-        if shift is not None and opts.revival > 0:
-            shift = _revive(shift, x, delta, w, padding, opts.displacement_gate, T, net.tau, opts.revival,
-                            opts.revival_scope)
+        sums[k], shift = layer_rule(net, i, t_in, trace.times[i + 1], error, opts, batch, agree, need_displacement=i > 0)
         if shift is not None:
-            shift = _without_dropped(net.input_displacement(i, shift, t_in.shape), trace, i)
-    return sums
+            shift = _without_dropped(shift, trace, i)
+    return sums + extra[::-1]
+
+
+def readout_error(net: Network, t_out: torch.Tensor, labels: torch.Tensor, opts: RuleOptions, norm: str,
+                  agree: Agree = _alone, teacher: torch.Tensor | None = None) -> torch.Tensor:
+    """The output layer's error for output spike times ``t_out``: :func:`output_error` on the classes'
+    times (then :func:`population_error` for a population per class), normalised with ``norm``."""
+    error = output_error(net.class_times(t_out), labels, net.T, opts.gamma, net.forced_firing, opts.decision_floor,
+                         opts.targets, opts.softmax_temperature, teacher, opts.distill, opts.distill_scope)
+    if net.population > 1:
+        error = population_error(t_out, error, labels, net.T, opts.population_update)
+    return normalise(error, norm, agree)
+
+
+def layer_rule(net: Network, i: int, t_in: torch.Tensor, t_out: torch.Tensor, error: torch.Tensor, opts: RuleOptions,
+               batch: int, agree: Agree = _alone, need_displacement: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The rule at weighted layer ``i`` of ``net``, from its input and output spike times and its (normalised)
+    error: the exact update sums of its weights, and the displacement of its input ``t_in`` (revival's
+    included; ``None`` without ``need_displacement``)."""
+    T = net.T
+    k = net.weighted.index(i)
+    w = net.weight_of(i) if opts.binary_displacement == "forward" else net.weights[k]
+    theta = net.thresholds[k]
+    x, padding = net.layer_operands(i, t_in)
+    t_rule = t_out.clamp(max=T)
+    slope = None
+    if opts.latency_derivative == "slope":
+        slope = potential_slope(x, net.weight_of(i), t_rule, padding, T, opts.slope_bins,
+                                need=error.reshape(t_rule.shape) != 0)
+    delta = error.reshape(t_rule.shape) * latency_gain(t_rule, theta, opts.latency_derivative, slope, T)
+    q = fixed_point.batch_quantum(delta, batch, T, net.tau, agree)
+    sums, shift = kernels.rule(x, t_rule, delta, w, opts.displacement_gate, T, net.tau, padding,
+                               need_displacement=need_displacement, quantum=q)
+    if shift is None:
+        return sums, None
+    if opts.revival > 0:
+        shift = _revive(shift, x, delta, w, padding, opts.displacement_gate, T, net.tau, opts.revival, opts.revival_scope)
+    return sums, net.input_displacement(i, shift, t_in.shape)
 
 
 def _without_dropped(shift: torch.Tensor, trace: Trace, i: int) -> torch.Tensor:

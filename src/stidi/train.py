@@ -32,6 +32,7 @@ import torch
 
 from . import distributed
 from .augment import epoch_moves, move_images
+from .auxiliary import AuxiliaryReadouts
 from .averaging import assign, update_average, weights_swapped
 from .config import Config, merge
 from .distributed import SINGLE, Context
@@ -178,6 +179,23 @@ def initialise(net: Network, config: Config, data: Dataset, log: Log = _stderr) 
         return net.initialise(t_cal, config.model.init_firing_fraction, gen, patterns)
 
 
+def initialise_auxiliary(auxiliary: AuxiliaryReadouts, net: Network, config: Config, data: Dataset) -> list[float]:
+    """Draw the auxiliary readouts' initial weights (:mod:`stidi.auxiliary`), calibrated like the readout
+    (its ``init_firing_fraction``) on the spike times that the initialised ``net`` gives the calibration
+    images of :func:`initialise` at each readout's input. They are drawn from a generator of their own, so
+    the network starts from the same weights with or without them."""
+    calib = torch.randperm(len(data), generator=torch.Generator().manual_seed(config.train.seed))[:CALIBRATION_IMAGES]
+    with _torch_threads(1):
+        times = net.trace(data.spike_times(calib, net)).times
+        fraction = per_layer(config.model.init_firing_fraction, len(net.weighted), "init_firing_fraction")[-1]
+        gen = torch.Generator().manual_seed(config.train.seed + AUXILIARY_SEED_OFFSET)
+        return auxiliary.initialise({n: times[n] for n in auxiliary.nodes}, fraction, gen)
+
+
+#: added to ``train.seed`` for the auxiliary readouts' own generator
+AUXILIARY_SEED_OFFSET = 1_000_003
+
+
 def split_validation(data: Dataset, count: int) -> tuple[Dataset, Dataset | None]:
     """Carve the last ``count`` images of a training set off as a validation set.
 
@@ -205,7 +223,7 @@ def learning_rate(base: float, epoch: int, epochs: int, schedule: str) -> float:
     return base
 
 
-def make_optimizer(net: Network, config: Config, lr_scale: list[float]) -> torch.optim.Optimizer:
+def make_optimizer(net: Network, config: Config, lr_scale: list[float], extra: list[torch.Tensor] = ()) -> torch.optim.Optimizer:
     """One parameter group per weighted layer, with step size ``lr × lr_scale`` (the layer's initial weight std),
     then one per learnt scale of ``binary_scale = "channel"`` (:meth:`Network.trainables`), whose
     ``lr_scale`` is the layer's initial ``α``, whose learning rate is ``train.binary_scale_lr`` times
@@ -215,14 +233,17 @@ def make_optimizer(net: Network, config: Config, lr_scale: list[float]) -> torch
     shrinks ``w ← w − η_l λ w`` (AdamW's decay; for SGD the same thing), so it is the same
     pull towards 0 whatever Adam's normalisation does to the rule's directions. Like the
     learning rate, λ is one value for every layer or one per weighted layer.
+
+    ``extra`` (the auxiliary readouts' weights, :mod:`stidi.auxiliary`) get one group each after
+    those, at the readout's learning rate and without decay; their ``lr_scale`` ends the list.
     """
     lrs = per_layer(config.train.lr, len(net.weights), "train.lr")
     decays = per_layer(config.train.weight_decay, len(net.weights), "train.weight_decay")
     scale_lrs = per_layer(config.train.binary_scale_lr, len(net.weights), "train.binary_scale_lr")
-    lrs = lrs + [lrs[k] * scale_lrs[k] for k in net.scale_layers]
-    decays = decays + [0.0] * len(net.scale_layers)
+    lrs = lrs + [lrs[k] * scale_lrs[k] for k in net.scale_layers] + [lrs[-1]] * len(extra)
+    decays = decays + [0.0] * (len(net.scale_layers) + len(extra))
     groups = [{"params": [w], "lr": lr * s, "base_lr": lr * s, "weight_decay": decay}
-              for w, lr, s, decay in zip(net.trainables(), lrs, lr_scale, decays, strict=True)]
+              for w, lr, s, decay in zip(net.trainables() + list(extra), lrs, lr_scale, decays, strict=True)]
     if config.train.optimizer == "adam":
         return torch.optim.Adam(groups, decoupled_weight_decay=True)
     return torch.optim.SGD(groups)
@@ -388,6 +409,9 @@ class Trainer:
         self.partial: dict | None = None  # {"epoch", "step", "correct", "seconds"} of an unfinished epoch
         self.stop_signal: int | None = None
         self.average: list[torch.Tensor] | None = None  # w̄ of train.weight_average (stidi.averaging)
+        self.auxiliary: AuxiliaryReadouts | None = None  # rule.auxiliary_after (stidi.auxiliary)
+        if config.rule.auxiliary_after:
+            self.auxiliary = AuxiliaryReadouts(self.net, config.rule.auxiliary_after, config.rule.auxiliary_share)
         self.teacher: Network | None = None  # train.teacher, for rule.distill (stidi.distill)
         self._teacher_table: torch.Tensor | None = None  # its output times for every training image, made once
         if self.t.teacher and config.rule.distill > 0:
@@ -403,6 +427,13 @@ class Trainer:
         if self.t.weight_average > 0:
             self.average = [w.detach().clone() for w in self.net.trainables()]
 
+    def _trainables(self) -> list[torch.Tensor]:
+        """Every tensor the optimiser steps: the network's, then the auxiliary readouts' weights."""
+        return self.net.trainables() + (self.auxiliary.weights if self.auxiliary else [])
+
+    def _make_optimizer(self) -> None:
+        self.opt = make_optimizer(self.net, self.config, self.lr_scale, self.auxiliary.weights if self.auxiliary else [])
+
     def evaluated_weights(self):
         """Context in which the network holds the weights that are evaluated and saved (the average, if kept)."""
         return weights_swapped(self.net.trainables(), self.average)
@@ -412,15 +443,19 @@ class Trainer:
         fired = initialise(self.net, self.config, self.train_set, self.log)
         self.lr_scale = [float(w.std()) for w in self.net.weights]
         self.lr_scale += [float(self.net.fixed_scales[k]) for k in self.net.scale_layers]
-        self.opt = make_optimizer(self.net, self.config, self.lr_scale)
-        self._start_average()
         self.log(f"initialised {self.config.model.network}: firing fraction per weighted layer {[round(f, 3) for f in fired]}")
+        if self.auxiliary:
+            fired = initialise_auxiliary(self.auxiliary, self.net, self.config, self.train_set)
+            self.lr_scale += [float(w.std()) for w in self.auxiliary.weights]
+            self.log(f"initialised the auxiliary readouts after layers {self.auxiliary.nodes}: firing fraction {[round(f, 3) for f in fired]}")
+        self._make_optimizer()
+        self._start_average()
 
     def share_initial_state(self) -> None:
         """Every rank starts from rank 0's initial weights (initialisation may round differently elsewhere)."""
         tensors, self.lr_scale = self.dist.broadcast((network_tensors(self.net), self.lr_scale), "sharing the initial weights")
         restore_weights(self.net, tensors, self.out)
-        self.opt = make_optimizer(self.net, self.config, self.lr_scale)
+        self._make_optimizer()
         self._start_average()
 
     def resume(self) -> None:
@@ -432,7 +467,9 @@ class Trainer:
         restore_weights(self.net, tensors, self.ckpt.current)
         self.lr_scale, self.history, self.partial = info["lr_scale"], info["history"], info.get("partial")
         self.timing = info.get("timing", [])
-        self.opt = make_optimizer(self.net, self.config, self.lr_scale)
+        if self.auxiliary:
+            self.auxiliary.restore(tensors, str(self.ckpt.current))
+        self._make_optimizer()
         _restore_optimizer(self.opt, tensors, info["optimizer_groups"])
         if self.t.weight_average > 0:
             self.average = [tensors[f"average.{k}"].clone() for k in range(len(self.net.trainables()))]
@@ -448,7 +485,8 @@ class Trainer:
         info = {"config": self.config.to_dict(), "lr_scale": self.lr_scale, "history": self.history,
                 "timing": self.timing, "partial": self.partial, "optimizer_groups": groups}
         average = {f"average.{k}": a for k, a in enumerate(self.average or [])}
-        self.ckpt.save({**network_tensors(self.net), **opt_tensors, **average}, info)
+        auxiliary = self.auxiliary.tensors() if self.auxiliary else {}
+        self.ckpt.save({**network_tensors(self.net), **opt_tensors, **average, **auxiliary}, info)
 
     def _write_epoch_outputs(self) -> None:
         """The latest model, and ``best.safetensors`` when this epoch is the best by validation."""
@@ -498,6 +536,10 @@ class Trainer:
         resumed = self.partial if self.partial and self.partial["epoch"] == epoch else None
         first_step = resumed["step"] if resumed else 0
         correct, seconds = (resumed["correct"], resumed["seconds"]) if resumed else (0, 0.0)
+        auxiliary_correct = list(resumed.get("auxiliary_correct", [])) if resumed else []
+        if self.auxiliary:
+            auxiliary_correct = auxiliary_correct or [0] * len(self.auxiliary.nodes)
+            self.auxiliary.take_hits()  # count from this epoch's first step
         steps = math.ceil(len(data) / t.batch_size)
         bar = self._progress_bar(epoch, min(first_step * t.batch_size, len(data)))
         start = time.perf_counter() - seconds
@@ -510,10 +552,15 @@ class Trainer:
             sums, hits, agreed = self.dist.reduce_step(sums, trace.times, hits, asked is not None, where)
             directions = finish_directions(net, sums, self.rule, len(idx))
             directions += scale_directions(net, directions)  # the learnt scales of binary_scale = "channel", if any
+            if self.auxiliary:
+                directions += self.auxiliary.directions(sums[len(net.weighted):], self.rule, len(idx))
+                auxiliary_correct = [c + h for c, h in zip(auxiliary_correct, self.auxiliary.take_hits().values(), strict=True)]
             correct += hits
             self._step(directions, trace, epoch, step)
             done = step + 1
             self.partial = {"epoch": epoch, "step": done, "correct": correct, "seconds": time.perf_counter() - start}
+            if self.auxiliary:
+                self.partial["auxiliary_correct"] = auxiliary_correct
             if bar is not None:
                 bar.update(len(idx))
                 bar.set_postfix(acc=f"{correct / min(done * t.batch_size, len(data)):.3f}")
@@ -529,6 +576,8 @@ class Trainer:
             bar.close()
         seconds = time.perf_counter() - start
         record = {"epoch": epoch + 1, "train_accuracy": correct / len(data), "lr": [g["lr"] for g in self.opt.param_groups]}
+        if self.auxiliary:  # how well each auxiliary readout classified the training images, keyed by its layer
+            record["auxiliary_train_accuracy"] = {str(n): c / len(data) for n, c in zip(self.auxiliary.nodes, auxiliary_correct)}
         return record, {"epoch": epoch + 1, "train_seconds": round(seconds, 2), "images_per_s": round(len(data) / seconds, 2)}
 
     def _sums(self, idx: torch.Tensor, batch: int, where: str, moves: torch.Tensor | None,
@@ -550,14 +599,16 @@ class Trainer:
         trace = net.trace(data.spike_times(idx, net, moves[idx] if moves is not None else None), drop)
         hits = int((net.readout(trace).classes == labels).sum())
         teacher = self._teacher_targets(idx, moves)
-        return update_sums(net, trace, labels, self.rule, batch, agree, teacher), trace, hits
+        return update_sums(net, trace, labels, self.rule, batch, agree, teacher, self.auxiliary), trace, hits
 
     def _step(self, directions: list[torch.Tensor], trace, epoch: int, step: int) -> None:
         """Apply one optimiser step; on a non-finite value keep (and checkpoint) the state before it."""
         problem = _first_non_finite(self.net, directions, trace.times)
+        if problem is None and not all(_all_finite(g) for g in directions[len(self.net.trainables()):]):
+            problem = "update of an auxiliary readout is not finite"
         if problem is None:
-            before = ([w.detach().clone() for w in self.net.trainables()], copy.deepcopy(self.opt.state_dict()))
-            for w, g in zip(self.net.trainables(), directions, strict=True):
+            before = ([w.detach().clone() for w in self._trainables()], copy.deepcopy(self.opt.state_dict()))
+            for w, g in zip(self._trainables(), directions, strict=True):
                 w.grad = g
             self.opt.step()
             floor_channel_scales(self.net)
@@ -565,7 +616,7 @@ class Trainer:
                 clip_binary_weights(self.net, self.t.binary_clip)
             problem = _non_finite_weights(self.net)  # the step's inputs were checked above
             if problem is not None:
-                assign(self.net.trainables(), before[0])
+                assign(self._trainables(), before[0])
                 self.opt.load_state_dict(before[1])
             elif self.average is not None:  # n counts the steps of the run: the ramp of the average's decay
                 n = epoch * math.ceil(len(self.train_set) / self.t.batch_size) + step
@@ -670,6 +721,9 @@ def train(
             progress, log = False, lambda message: None
         if data is None:  # fetched (if need be) by one rank per machine before the others read the cache
             data = dist.local_first(lambda: builtin_data(config, log), "loading the dataset")
+        if dist.active and config.rule.auxiliary_after:
+            raise StidiError(f"rule.auxiliary_after = {config.rule.auxiliary_after}: auxiliary readouts train in one process "
+                             "only; run without torchrun (use train.threads for more cores), or leave auxiliary_after empty")
         trainer = Trainer(config, out_dir, data, progress, log, dist)
         if dist.broadcast(resume and trainer.ckpt.exists(), "agreeing on --resume"):
             trainer.resume()
