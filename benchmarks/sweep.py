@@ -168,6 +168,9 @@ def summarise(variant: str, overrides: dict, out: Path) -> dict:
     seconds = sum(t.get("train_seconds", 0) for t in timing)
     images = sum(t.get("images_per_s", 0) * t.get("train_seconds", 0) for t in timing)
     best = max(history, key=lambda r: r.get("val_accuracy") or 0) if history else None
+    auxiliary = {}  # rule.auxiliary_after: each training-only readout's accuracy on the training images
+    if any("auxiliary_train_accuracy" in r for r in history):
+        auxiliary = {"auxiliary_train_accuracy_by_epoch": [r.get("auxiliary_train_accuracy") for r in history]}
     return {
         "variant": variant,
         "overrides": overrides,
@@ -181,6 +184,7 @@ def summarise(variant: str, overrides: dict, out: Path) -> dict:
         "firing_fraction_last": history[-1].get("test_firing_fraction") if history else None,
         "train_seconds": round(seconds, 1),
         "train_images_per_s": round(images / seconds, 1) if seconds and images else None,
+        **auxiliary,
     }
 
 
