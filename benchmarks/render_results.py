@@ -332,10 +332,11 @@ def plot_curves(runs: dict[str, dict]) -> bool:
         return False
     if not runs:
         return False
-    # One panel per dataset: their accuracies lie 8-10 points apart, and one shared legend
-    # covered the end of the curves.
+    # One panel per dataset: their accuracies lie 8-10 points apart. Each panel's legend sits
+    # under it, where it cannot cover a curve however many runs the panel holds.
     datasets = sorted({r.get("dataset", "mnist") for r in runs.values()})
-    fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4.2), squeeze=False)
+    most_runs = max(sum(r.get("dataset", "mnist") == d for r in runs.values()) for d in datasets)  # up to 2 legend lines each, 2 per row
+    fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4.2 + 0.22 * most_runs), squeeze=False)
     for ax, dataset in zip(axes[0], datasets):
         for name, r in sorted(runs.items()):
             if r.get("dataset", "mnist") != dataset:
@@ -349,7 +350,7 @@ def plot_curves(runs: dict[str, dict]) -> bool:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("accuracy (%)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
         ax.set_title(DATASET_NAMES.get(dataset, dataset))
     fig.suptitle("STiDi-BP reproduction runs")
     CURVES.parent.mkdir(parents=True, exist_ok=True)
