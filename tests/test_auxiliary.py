@@ -115,3 +115,13 @@ def test_the_readout_flags_reach_the_configuration() -> None:
 
     args = build_parser().parse_args(["train", "--auxiliary-after", "2", "4", "--auxiliary-share", "0.5"])
     assert _overrides(args)["rule"] == {"auxiliary_after": [2, 4], "auxiliary_share": 0.5}
+
+
+def test_a_data_parallel_run_refuses_readouts_with_a_clear_error(tmp_path, monkeypatch) -> None:
+    from stidi.errors import StidiError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it: refused before joining any process group
+    config = load_config(None, {"model": {"network": "4C5-P2-16-10"}, "rule": {"auxiliary_after": [2]}})
+    with pytest.raises(StidiError, match=r"rule.auxiliary_after = \[2\]: auxiliary readouts train in one process only; "
+                                         r"run without torchrun"):
+        train(config, tmp_path, progress=False, log=lambda m: None)

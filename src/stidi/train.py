@@ -711,6 +711,9 @@ def train(
     :mod:`stidi.distributed`): ``batch_size`` is the global batch, only rank 0 writes
     and logs, and ``dist_timeout`` seconds bound every wait for another rank.
     """
+    if config.rule.auxiliary_after and distributed.requested_world() > 1:
+        raise StidiError(f"rule.auxiliary_after = {config.rule.auxiliary_after}: auxiliary readouts train in one process "
+                         "only; run without torchrun (use train.threads for more cores), or leave auxiliary_after empty")
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     dist = distributed.from_environment(dist_timeout)
@@ -721,9 +724,6 @@ def train(
             progress, log = False, lambda message: None
         if data is None:  # fetched (if need be) by one rank per machine before the others read the cache
             data = dist.local_first(lambda: builtin_data(config, log), "loading the dataset")
-        if dist.active and config.rule.auxiliary_after:
-            raise StidiError(f"rule.auxiliary_after = {config.rule.auxiliary_after}: auxiliary readouts train in one process "
-                             "only; run without torchrun (use train.threads for more cores), or leave auxiliary_after empty")
         trainer = Trainer(config, out_dir, data, progress, log, dist)
         if dist.broadcast(resume and trainer.ckpt.exists(), "agreeing on --resume"):
             trainer.resume()
