@@ -3,8 +3,8 @@
 The convolutions learn only from the displacement that comes down from the readout, through
 every layer between. An auxiliary readout gives a hidden layer a second, direct signal (deep
 supervision): after layer ``n`` of the network (``rule.auxiliary_after = [n, …]``, 1-based
-positions in ``model.network``) sits a dense layer of one neuron per class, of the same
-neurons and threshold as the readout, reading that layer's spike times ``x``:
+positions in ``model.network``) sits a real-valued dense layer of one neuron per class, of the
+same neurons and threshold as the readout, reading that layer's spike times ``x``:
 
 * its output times ``t^a`` are the forward pass of that dense layer on ``x``;
 * its error is the readout's (:func:`stidi.stidi_bp.readout_error`: the same targets, margin
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import torch
 
+from .errors import ConfigError, ModelFileError
 from .network import Network
 from .stidi_bp import Agree, RuleOptions, _alone, finish_directions, layer_rule, readout_error
 
@@ -47,7 +48,7 @@ class AuxiliaryReadouts:
         last = len(net.layers)
         for n in self.nodes:
             if not 1 <= n < last:
-                raise ValueError(f"auxiliary_after: {n} is not a hidden layer of {net.spec} (1 … {last - 1})")
+                raise ConfigError(f"auxiliary_after: {n} is not a hidden layer of {net.spec}; give positions 1 … {last - 1}")
         self.heads = {
             n: Network(str(net.layers[-1].units), input_shape=net.shapes[n], T=net.T, tau=net.tau,
                        thresholds=net.thresholds[-1], forced_firing=net.forced_firing, population=net.population)
@@ -91,15 +92,18 @@ class AuxiliaryReadouts:
         return hits
 
     def tensors(self) -> dict[str, torch.Tensor]:
+        """The readouts' weights for a checkpoint, keyed ``auxiliary.{n}``."""
         return {f"{CHECKPOINT_PREFIX}{n}": self.heads[n].weights[0].data for n in self.nodes}
 
     @torch.no_grad()
     def restore(self, tensors: dict[str, torch.Tensor], where: str) -> None:
+        """Load the readouts' weights from a checkpoint's ``tensors`` (read from ``where``)."""
         for n in self.nodes:
             key = f"{CHECKPOINT_PREFIX}{n}"
             mine = self.heads[n].weights[0]
             if key not in tensors or tuple(tensors[key].shape) != tuple(mine.shape):
-                raise ValueError(f"{where}: holds no auxiliary readout after layer {n} shaped {tuple(mine.shape)}")
+                raise ModelFileError(f"{where}: holds no auxiliary readout after layer {n} shaped {tuple(mine.shape)}; "
+                                     "the checkpoint does not match its configuration (start the run again with another --out)")
             mine.copy_(tensors[key])
 
 
