@@ -69,14 +69,15 @@ class AuxiliaryReadouts:
 
     @torch.no_grad()
     def blend(self, node: int, x: torch.Tensor, labels: torch.Tensor, shift: torch.Tensor | None, opts: RuleOptions,
-              batch: int, agree: Agree = _alone) -> tuple[torch.Tensor, torch.Tensor]:
+              norm: str, batch: int, agree: Agree = _alone) -> tuple[torch.Tensor, torch.Tensor]:
         """The update sums of the readout at ``node`` for input spike times ``x``, and the displacement of
-        ``x``: ``shift`` (from above) blended with the readout's own, each at unit norm per image."""
+        ``x``: ``shift`` (from above) blended with the readout's own, each at unit norm per image.
+        ``norm``: the network readout's error normalisation, which this readout's error takes too."""
         head = self.heads[node]
         trace = head.trace(x)
         self.hits[node] += int((head.readout(trace).classes == labels).sum())
         t_head = trace.times[-1]
-        error = readout_error(head, t_head, labels, opts, _readout_norm(opts), agree)
+        error = readout_error(head, t_head, labels, opts, norm, agree)
         sums, own = layer_rule(head, 0, x, t_head, error, opts, batch, agree, need_displacement=True)
         if shift is None:
             return sums, own
@@ -105,9 +106,3 @@ class AuxiliaryReadouts:
                 raise ModelFileError(f"{where}: holds no auxiliary readout after layer {n} shaped {tuple(mine.shape)}; "
                                      "the checkpoint does not match its configuration (start the run again with another --out)")
             mine.copy_(tensors[key])
-
-
-def _readout_norm(opts: RuleOptions) -> str:
-    """The readout's error normalisation (the last of ``opts.error_norm`` when it is given per layer)."""
-    norm = opts.error_norm
-    return norm if isinstance(norm, str) else list(norm)[-1]

@@ -311,7 +311,7 @@ def update_sums(net: Network, trace: Trace, labels: torch.Tensor, opts: RuleOpti
     for i in reversed(range(len(net.layers))):
         layer, t_in = net.layers[i], trace.times[i]
         if auxiliary is not None and i + 1 in auxiliary.nodes:
-            head_sums, shift = auxiliary.blend(i + 1, trace.times[i + 1], labels, shift, opts, batch, agree)
+            head_sums, shift = auxiliary.blend(i + 1, trace.times[i + 1], labels, shift, opts, norms[-1], batch, agree)
             shift = _without_dropped(shift, trace, i + 1)
             extra.append(head_sums)
         if isinstance(layer, Pool):

@@ -165,6 +165,14 @@ def initial_patterns(net: Network, path: str | Path) -> dict[int, torch.Tensor]:
     return patterns
 
 
+def calibration_batch(config: Config, data: Dataset, net: Network) -> tuple[torch.Generator, torch.Tensor]:
+    """The ``CALIBRATION_IMAGES`` random images of ``data`` that initialisation calibrates on, as ``net``'s
+    input spike times, and the generator of ``config.train.seed`` that drew them (it then draws the weights)."""
+    gen = torch.Generator().manual_seed(config.train.seed)
+    calib = torch.randperm(len(data), generator=gen)[:CALIBRATION_IMAGES]
+    return gen, data.spike_times(calib, net)
+
+
 def initialise(net: Network, config: Config, data: Dataset, log: Log = _stderr) -> list[float]:
     """Draw ``net``'s initial weights from ``config.train.seed`` (or take the patterns of
     ``config.train.init_from``, :func:`initial_patterns`), calibrated on ``CALIBRATION_IMAGES``
@@ -172,9 +180,7 @@ def initialise(net: Network, config: Config, data: Dataset, log: Log = _stderr) 
     patterns = initial_patterns(net, config.train.init_from) if config.train.init_from else None
     if patterns:
         log(f"weighted layers 1–{len(patterns)} of {net.spec} start from the weight patterns of {config.train.init_from}")
-    gen = torch.Generator().manual_seed(config.train.seed)
-    calib = torch.randperm(len(data), generator=gen)[:CALIBRATION_IMAGES]
-    t_cal = data.spike_times(calib, net)
+    gen, t_cal = calibration_batch(config, data, net)
     with _torch_threads(1):  # the calibration's PyTorch convolutions may round differently on other thread counts
         return net.initialise(t_cal, config.model.init_firing_fraction, gen, patterns)
 
@@ -184,9 +190,9 @@ def initialise_auxiliary(auxiliary: AuxiliaryReadouts, net: Network, config: Con
     (its ``init_firing_fraction``) on the spike times that the initialised ``net`` gives the calibration
     images of :func:`initialise` at each readout's input. They are drawn from a generator of their own, so
     the network starts from the same weights with or without them."""
-    calib = torch.randperm(len(data), generator=torch.Generator().manual_seed(config.train.seed))[:CALIBRATION_IMAGES]
+    _, t_cal = calibration_batch(config, data, net)
     with _torch_threads(1):
-        times = net.trace(data.spike_times(calib, net)).times
+        times = net.trace(t_cal).times
         fraction = per_layer(config.model.init_firing_fraction, len(net.weighted), "init_firing_fraction")[-1]
         gen = torch.Generator().manual_seed(config.train.seed + AUXILIARY_SEED_OFFSET)
         return auxiliary.initialise({n: times[n] for n in auxiliary.nodes}, fraction, gen)
