@@ -266,16 +266,18 @@ def limit_threads(threads: int) -> None:
     numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
 
 
-def shutdown(ctx: Context) -> None:
-    """Leave the process group (after a run, so torchrun sees a clean exit)."""
+def shutdown(ctx: Context, wait_for_peers: bool = True) -> None:
+    """Leave the process group (after a run, so torchrun sees a clean exit). ``wait_for_peers = False``
+    (a run that failed, e.g. because a peer died) leaves at once, without the closing barrier."""
     if ctx.active and ctx.owns_group:
         import torch.distributed as dist
 
         if dist.is_initialized():
-            # every rank reaches this point before any leaves the group: a rank that tore its
-            # connections down while rank 0 was still writing the run's files made the peer abort
-            try:
-                dist.barrier()
-            except Exception:  # a lost peer: nothing left to wait for
-                pass
+            # after a clean run every rank reaches this point before any leaves the group: a rank that
+            # tore its connections down while rank 0 was still writing the run's files made the peer abort
+            if wait_for_peers:
+                try:
+                    dist.barrier()
+                except Exception:  # a lost peer: nothing left to wait for
+                    pass
             dist.destroy_process_group()

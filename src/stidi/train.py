@@ -742,4 +742,9 @@ def train(
             assign(trainer.net.trainables(), trainer.average)
         return trainer.net, history
     finally:
-        distributed.shutdown(dist)
+        failed = sys.exc_info()[0] is not None
+        if failed and dist.active and threading.current_thread() is threading.main_thread():
+            # torchrun sends SIGTERM to the other ranks as soon as one dies: the error that says
+            # which rank failed and to --resume must still be printed before this one exits
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        distributed.shutdown(dist, wait_for_peers=not failed)
