@@ -742,7 +742,8 @@ def train(
             assign(trainer.net.trainables(), trainer.average)
         return trainer.net, history
     finally:
-        failed = sys.exc_info()[0] is not None
+        raised = sys.exc_info()[0]  # an agreed stop (TrainingInterrupted) is no failure: every rank is still there
+        failed = raised is not None and not issubclass(raised, TrainingInterrupted)
         if failed and dist.active and threading.current_thread() is threading.main_thread():
             # torchrun sends SIGTERM to the other ranks as soon as one dies: the error that says
             # which rank failed and to --resume must still be printed before this one exits
