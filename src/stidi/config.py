@@ -129,6 +129,8 @@ class TrainConfig:
     augment_shift: int = _field(0, NON_NEGATIVE, "move each training image by up to N pixels each way, a fresh random offset every epoch (0: no augmentation)")
     augment_flip: bool = _field(False, None, "mirror each training image left-right with probability 1/2, a fresh draw every epoch (for mirror-symmetric classes such as clothes; not digits)")
     weight_average: float = _field(0.0, (lambda v: 0 <= v < 1, "a number in [0, 1)"), "β: evaluate and save an exponential moving average of the weights, updated after every step (0: the weights as trained)")
+    adam_betas: list = _field([0.9, 0.999], (lambda v: len(v) == 2 and all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x < 1 for x in v), "[β1, β2], two numbers in [0, 1)"), "optimizer = 'adam': decay rates of its running mean of the update directions (β1) and of their squares (β2); a larger β1 averages the rule's directions over more batches")
+    norm_projection: bool | list = _field(False, (lambda v: all(isinstance(x, bool) for x in v) if isinstance(v, list) else isinstance(v, bool), "true/false or a list of them"), "per weighted layer: after every step, rescale each output neuron's (each convolution's output channel's) incoming weights back to the L2 norm they had when training began, so the rule turns a neuron's weights without changing how strongly its inputs drive it (false: none)")
 
 
 @dataclass
@@ -201,7 +203,7 @@ def merge(config: Config, values: dict[str, dict], source: str) -> Config:
 #: Fields that take one value for all weighted layers or a list with one per weighted layer.
 PER_LAYER_FIELDS = (("model", "threshold"), ("model", "binary"), ("model", "init_firing_fraction"),
                     ("train", "lr"), ("train", "weight_decay"), ("train", "dropout"), ("train", "binary_scale_lr"),
-                    ("rule", "error_norm"))
+                    ("train", "norm_projection"), ("rule", "error_norm"))
 
 
 def validate(config: Config, source: str = "config") -> None:

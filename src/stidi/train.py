@@ -251,7 +251,7 @@ def make_optimizer(net: Network, config: Config, lr_scale: list[float], extra: l
     groups = [{"params": [w], "lr": lr * s, "base_lr": lr * s, "weight_decay": decay}
               for w, lr, s, decay in zip(net.trainables() + list(extra), lrs, lr_scale, decays, strict=True)]
     if config.train.optimizer == "adam":
-        return torch.optim.Adam(groups, decoupled_weight_decay=True)
+        return torch.optim.Adam(groups, betas=tuple(config.train.adam_betas), decoupled_weight_decay=True)
     return torch.optim.SGD(groups)
 
 
@@ -270,6 +270,30 @@ def clip_binary_weights(net: Network, c: float) -> None:
         if net.binary[k]:
             bound = (c * net.scale(k)).to(w.dtype)
             w.clamp_(-bound, bound)
+
+
+def neuron_norms(w: torch.Tensor) -> torch.Tensor:
+    """L2 norm of each output neuron's incoming weights: one per row of a dense layer's
+    ``(units, inputs)`` and one per output channel of a convolution's ``(channels, in, k, k)``,
+    shaped to broadcast against ``w``."""
+    return w.detach().flatten(1).norm(dim=1).reshape(-1, *([1] * (w.dim() - 1)))
+
+
+@torch.no_grad()
+def project_norms(net: Network, kept: list[torch.Tensor | None]) -> None:
+    """Rescale each output neuron's incoming weights back to its kept norm (``train.norm_projection``).
+
+    For a layer ``l`` with ``kept[l]`` set, every row ``w_j`` (a convolution: every output channel's
+    kernel) becomes ``w_j · ‖w_j⁰‖ / ‖w_j‖``, ``‖w_j⁰‖`` the norm it had when the run began. A
+    neuron's firing time depends both on which inputs its weights favour and on how large they
+    are; the projection leaves the rule only the first, so a step can no longer make one kernel
+    drown the others or fall silent by shrinking (weight normalisation with the gain held fixed).
+    A row whose norm became 0 is left at 0.
+    """
+    for w, norm in zip(net.weights, kept, strict=True):
+        if norm is not None:
+            now = neuron_norms(w)
+            w.mul_(torch.where(now > 0, norm / now.clamp_min(torch.finfo(w.dtype).tiny), torch.ones_like(now)))
 
 
 SCALE_FLOOR = 0.01
@@ -415,6 +439,8 @@ class Trainer:
         self.partial: dict | None = None  # {"epoch", "step", "correct", "seconds"} of an unfinished epoch
         self.stop_signal: int | None = None
         self.average: list[torch.Tensor] | None = None  # w̄ of train.weight_average (stidi.averaging)
+        self.projected = per_layer(config.train.norm_projection, len(self.net.weights), "train.norm_projection", bool)
+        self.kept_norms: list[torch.Tensor | None] = []  # ‖w_j⁰‖ of train.norm_projection, set by _keep_norms
         self.auxiliary: AuxiliaryReadouts | None = None  # rule.auxiliary_after (stidi.auxiliary)
         if config.rule.auxiliary_after:
             self.auxiliary = AuxiliaryReadouts(self.net, config.rule.auxiliary_after, config.rule.auxiliary_share)
@@ -438,7 +464,11 @@ class Trainer:
         return self.net.trainables() + (self.auxiliary.weights if self.auxiliary else [])
 
     def _make_optimizer(self) -> None:
+        """The optimiser, and the norms train.norm_projection keeps: made once the weights are set (drawn,
+        shared or resumed); a resumed run's weights were projected at their last step, so their norms
+        are the ones the run began with."""
         self.opt = make_optimizer(self.net, self.config, self.lr_scale, self.auxiliary.weights if self.auxiliary else [])
+        self.kept_norms = [neuron_norms(w) if on else None for w, on in zip(self.net.weights, self.projected, strict=True)]
 
     def evaluated_weights(self):
         """Context in which the network holds the weights that are evaluated and saved (the average, if kept)."""
@@ -618,6 +648,8 @@ class Trainer:
                 w.grad = g
             self.opt.step()
             floor_channel_scales(self.net)
+            if any(self.projected):
+                project_norms(self.net, self.kept_norms)
             if self.t.binary_clip:
                 clip_binary_weights(self.net, self.t.binary_clip)
             problem = _non_finite_weights(self.net)  # the step's inputs were checked above
