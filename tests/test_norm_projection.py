@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -9,7 +11,8 @@ from safetensors.torch import load_file
 from stidi.config import load_config
 from stidi.errors import ConfigError
 from stidi.io import build_network
-from stidi.train import Trainer, builtin_data, make_optimizer, neuron_norms, project_norms, train
+from stidi.train import Trainer, TrainingInterrupted, builtin_data, make_optimizer, neuron_norms, project_norms, train
+from tests.checkpoint_wait import stop_after_step
 
 
 def test_neuron_norms_has_one_norm_per_output_neuron_or_channel():
@@ -59,6 +62,22 @@ def test_a_run_keeps_the_projected_layers_norms_from_initialisation_and_changes_
     assert not torch.equal(trained["weight.0"], start.net.weights[0].detach())  # the rule did turn the kernels
     assert torch.allclose(neuron_norms(trained["weight.0"]), initial[0], rtol=1e-5)
     assert not torch.allclose(neuron_norms(trained["weight.1"]), initial[1], rtol=1e-3)
+
+
+def test_an_interrupted_run_with_projection_resumes_exactly(tmp_path, monkeypatch):
+    config = _run_config([True, True], betas=(0.95, 0.99))
+    train(config, tmp_path / "whole", progress=False, log=lambda m: None)
+    stop_after_step(monkeypatch, 3, steps_per_epoch=6)  # 96 training images, batch 16
+    with pytest.raises(TrainingInterrupted):
+        train(config, tmp_path / "cut", progress=False, log=lambda m: None)
+    monkeypatch.undo()
+    assert json.loads((tmp_path / "cut" / "checkpoint.json").read_text())["partial"]["step"] == 3
+    assert {"kept_norm.0", "kept_norm.1"} <= load_file(tmp_path / "cut" / "checkpoint.safetensors").keys()
+    train(config, tmp_path / "cut", resume=True, progress=False, log=lambda m: None)
+    for name in ("model.safetensors", "checkpoint.safetensors"):
+        whole, cut = load_file(tmp_path / "whole" / name), load_file(tmp_path / "cut" / name)
+        assert whole.keys() == cut.keys() and all(torch.equal(whole[k], cut[k]) for k in whole), name
+    assert (tmp_path / "whole" / "metrics.jsonl").read_text() == (tmp_path / "cut" / "metrics.jsonl").read_text()
 
 
 def test_adam_takes_its_decay_rates_from_the_config():

@@ -440,7 +440,7 @@ class Trainer:
         self.stop_signal: int | None = None
         self.average: list[torch.Tensor] | None = None  # w̄ of train.weight_average (stidi.averaging)
         self.projected = per_layer(config.train.norm_projection, len(self.net.weights), "train.norm_projection", bool)
-        self.kept_norms: list[torch.Tensor | None] = []  # ‖w_j⁰‖ of train.norm_projection, set by _keep_norms
+        self.kept_norms: list[torch.Tensor | None] = []  # ‖w_j⁰‖ of train.norm_projection, set by _make_optimizer
         self.auxiliary: AuxiliaryReadouts | None = None  # rule.auxiliary_after (stidi.auxiliary)
         if config.rule.auxiliary_after:
             self.auxiliary = AuxiliaryReadouts(self.net, config.rule.auxiliary_after, config.rule.auxiliary_share)
@@ -464,9 +464,8 @@ class Trainer:
         return self.net.trainables() + (self.auxiliary.weights if self.auxiliary else [])
 
     def _make_optimizer(self) -> None:
-        """The optimiser, and the norms train.norm_projection keeps: made once the weights are set (drawn,
-        shared or resumed); a resumed run's weights were projected at their last step, so their norms
-        are the ones the run began with."""
+        """The optimiser, and the norms train.norm_projection keeps, taken from the weights once they are
+        set (drawn or shared); a resumed run then takes them from its checkpoint."""
         self.opt = make_optimizer(self.net, self.config, self.lr_scale, self.auxiliary.weights if self.auxiliary else [])
         self.kept_norms = [neuron_norms(w) if on else None for w, on in zip(self.net.weights, self.projected, strict=True)]
 
@@ -509,6 +508,9 @@ class Trainer:
         _restore_optimizer(self.opt, tensors, info["optimizer_groups"])
         if self.t.weight_average > 0:
             self.average = [tensors[f"average.{k}"].clone() for k in range(len(self.net.trainables()))]
+        for k, norm in enumerate(self.kept_norms):  # a checkpoint without them keeps the resumed weights' own norms
+            if norm is not None and f"kept_norm.{k}" in tensors:
+                self.kept_norms[k] = tensors[f"kept_norm.{k}"].clone()
         where = f"step {self.partial['step']} of epoch {self.partial['epoch'] + 1}" if self.partial else f"epoch {len(self.history)}"
         self.log(f"resuming from {self.ckpt.current} after {where}")
         if self.history and not self.partial:
@@ -521,8 +523,9 @@ class Trainer:
         info = {"config": self.config.to_dict(), "lr_scale": self.lr_scale, "history": self.history,
                 "timing": self.timing, "partial": self.partial, "optimizer_groups": groups}
         average = {f"average.{k}": a for k, a in enumerate(self.average or [])}
+        kept = {f"kept_norm.{k}": n for k, n in enumerate(self.kept_norms) if n is not None}
         auxiliary = self.auxiliary.tensors() if self.auxiliary else {}
-        self.ckpt.save({**network_tensors(self.net), **opt_tensors, **average, **auxiliary}, info)
+        self.ckpt.save({**network_tensors(self.net), **opt_tensors, **average, **kept, **auxiliary}, info)
 
     def _write_epoch_outputs(self) -> None:
         """The latest model, and ``best.safetensors`` when this epoch is the best by validation."""
