@@ -39,6 +39,12 @@ def pct(x: float | None) -> str:
     return "—" if x is None else f"{100 * x:.2f} %"
 
 
+def epochs_run(r: dict) -> str:
+    """The epochs a run has trained, with those it planned when it stopped early (``17 of 20``)."""
+    planned = r.get("epochs_planned")
+    return f"{r['epochs']} of {planned}" if planned and planned != r["epochs"] else str(r["epochs"])
+
+
 def accuracy_table(runs: dict[str, dict]) -> list[str]:
     lines = ["| run | data | network | binary | epochs run | best epoch (by validation) | test accuracy | target | reached | training time (threads) | published |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -48,8 +54,7 @@ def accuracy_table(runs: dict[str, dict]) -> list[str]:
             lines.append(f"| {name} | {dataset} | — | {'yes' if binary else 'no'} | not run yet | — | — | {pct(target)} | — | — | {published} |")
             continue
         reached = "yes" if r["test_accuracy"] >= target else "no"
-        planned = f" of {r['epochs_planned']}" if r.get("epochs_planned") and r["epochs_planned"] != r["epochs"] else ""
-        lines.append(f"| {name} | {dataset} | `{r['network']}` | {'yes' if r['binary'] else 'no'} | {r['epochs']}{planned} | "
+        lines.append(f"| {name} | {dataset} | `{r['network']}` | {'yes' if r['binary'] else 'no'} | {epochs_run(r)} | "
                      f"{r['best_epoch']} | **{pct(r['test_accuracy'])}** | {pct(target)} | {reached} | "
                      f"{r['train_seconds'] / 60:.0f} min ({r.get('threads', '?')}) | {published} |")
     return lines
@@ -69,7 +74,7 @@ def other_runs_table(runs: dict[str, dict]) -> list[str]:
     for r in others:
         config = run_config(r["name"])
         held_out = f"{config.train.validation:,}" if config is not None else "—"
-        lines.append(f"| {r['name']} | {DATASET_NAMES.get(r['dataset'], r['dataset'])} | `{r['network']}` | {held_out} | {r['epochs']} | {r['best_epoch']} | "
+        lines.append(f"| {r['name']} | {DATASET_NAMES.get(r['dataset'], r['dataset'])} | `{r['network']}` | {held_out} | {epochs_run(r)} | {r['best_epoch']} | "
                      f"**{pct(r['test_accuracy'])}** | {r['train_seconds'] / 60:.0f} min ({r.get('threads', '?')}) |")
     return lines
 

@@ -86,9 +86,11 @@ def test_runs_beside_the_targets_get_their_own_table_with_what_they_held_out() -
     runs = {r["name"]: r for r in json.loads((ROOT / "results" / "accuracy.json").read_text())["runs"]}
     targets_only = {name: r for name, r in runs.items() if name in render.TARGETS}
     assert render.other_runs_table(targets_only) == []
-    extra = dict(runs["fashion-rcsnn"], name="fashion-rcsnn-all-training-images", epochs=14, best_epoch=14)
+    extra = dict(runs["fashion-rcsnn"], name="fashion-rcsnn-all-training-images", epochs=14, epochs_planned=14, best_epoch=14)
     table = render.other_runs_table({**targets_only, extra["name"]: extra})
     rows = [line for line in table if line.startswith("| fashion-")]
     assert rows == [f"| fashion-rcsnn-all-training-images | Fashion-MNIST | `{extra['network']}` | 0 | 14 | 14 | "
                     f"**{100 * extra['test_accuracy']:.2f} %** | {extra['train_seconds'] / 60:.0f} min (2) |"]
     assert not any(line.startswith("| fashion-rcsnn-all") for line in render.accuracy_table({**targets_only, extra["name"]: extra}))
+    stopped = dict(extra, epochs_planned=20)  # a run stopped before its schedule ended says so
+    assert " | 0 | 14 of 20 | 14 | " in render.other_runs_table({**targets_only, extra["name"]: stopped})[-1]
