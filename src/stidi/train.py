@@ -440,7 +440,7 @@ class Trainer:
         self.stop_signal: int | None = None
         self.average: list[torch.Tensor] | None = None  # w̄ of train.weight_average (stidi.averaging)
         self.projected = per_layer(config.train.norm_projection, len(self.net.weights), "train.norm_projection", bool)
-        self.kept_norms: list[torch.Tensor | None] = []  # ‖w_j⁰‖ of train.norm_projection, set by _make_optimizer
+        self.kept_norms: list[torch.Tensor | None] = []  # ‖w_j⁰‖ of train.norm_projection, set by _keep_norms
         self.auxiliary: AuxiliaryReadouts | None = None  # rule.auxiliary_after (stidi.auxiliary)
         if config.rule.auxiliary_after:
             self.auxiliary = AuxiliaryReadouts(self.net, config.rule.auxiliary_after, config.rule.auxiliary_share)
@@ -464,10 +464,18 @@ class Trainer:
         return self.net.trainables() + (self.auxiliary.weights if self.auxiliary else [])
 
     def _make_optimizer(self) -> None:
-        """The optimiser, and the norms train.norm_projection keeps, taken from the weights once they are
-        set (drawn or shared); a resumed run then takes them from its checkpoint."""
         self.opt = make_optimizer(self.net, self.config, self.lr_scale, self.auxiliary.weights if self.auxiliary else [])
-        self.kept_norms = [neuron_norms(w) if on else None for w, on in zip(self.net.weights, self.projected, strict=True)]
+
+    def _keep_norms(self, stored: dict[str, torch.Tensor] | None = None) -> None:
+        """The norms train.norm_projection keeps: a checkpoint's ``kept_norm.k`` when resuming, else (a new run, or
+        a checkpoint written before they were saved) those of the weights as they are now."""
+        stored = stored or {}
+
+        def kept(k: int, w: torch.Tensor) -> torch.Tensor:
+            key = f"kept_norm.{k}"
+            return stored[key].clone() if key in stored else neuron_norms(w)
+
+        self.kept_norms = [kept(k, w) if on else None for k, (w, on) in enumerate(zip(self.net.weights, self.projected, strict=True))]
 
     def evaluated_weights(self):
         """Context in which the network holds the weights that are evaluated and saved (the average, if kept)."""
@@ -485,6 +493,7 @@ class Trainer:
             self.log(f"initialised the auxiliary readouts after layers {self.auxiliary.nodes}: firing fraction {[round(f, 3) for f in fired]}")
         self._make_optimizer()
         self._start_average()
+        self._keep_norms()
 
     def share_initial_state(self) -> None:
         """Every rank starts from rank 0's initial weights (initialisation may round differently elsewhere)."""
@@ -492,6 +501,7 @@ class Trainer:
         restore_weights(self.net, tensors, self.out)
         self._make_optimizer()
         self._start_average()
+        self._keep_norms()
 
     def resume(self) -> None:
         loaded = self.ckpt.load(self.log) if self.dist.is_writer else None
@@ -508,9 +518,7 @@ class Trainer:
         _restore_optimizer(self.opt, tensors, info["optimizer_groups"])
         if self.t.weight_average > 0:
             self.average = [tensors[f"average.{k}"].clone() for k in range(len(self.net.trainables()))]
-        for k, norm in enumerate(self.kept_norms):  # a checkpoint without them keeps the resumed weights' own norms
-            if norm is not None and f"kept_norm.{k}" in tensors:
-                self.kept_norms[k] = tensors[f"kept_norm.{k}"].clone()
+        self._keep_norms(tensors)
         where = f"step {self.partial['step']} of epoch {self.partial['epoch'] + 1}" if self.partial else f"epoch {len(self.history)}"
         self.log(f"resuming from {self.ckpt.current} after {where}")
         if self.history and not self.partial:
