@@ -90,7 +90,34 @@ def test_runs_beside_the_targets_get_their_own_table_with_what_they_held_out() -
     table = render.other_runs_table({**targets_only, extra["name"]: extra})
     rows = [line for line in table if line.startswith("| fashion-")]
     assert rows == [f"| fashion-rcsnn-all-training-images | Fashion-MNIST | `{extra['network']}` | 0 | 14 | 14 | "
-                    f"**{100 * extra['test_accuracy']:.2f} %** | {extra['train_seconds'] / 60:.0f} min (2) |"]
+                    f"{100 * extra['val_accuracy']:.2f} % | **{100 * extra['test_accuracy']:.2f} %** | {extra['train_seconds'] / 60:.0f} min (2) |"]
     assert not any(line.startswith("| fashion-rcsnn-all") for line in render.accuracy_table({**targets_only, extra["name"]: extra}))
     stopped = dict(extra, epochs_planned=20)  # a run stopped before its schedule ended says so
     assert " | 0 | 14 of 20 | 14 | " in render.other_runs_table({**targets_only, extra["name"]: stopped})[-1]
+
+
+def test_a_target_keeps_the_finished_run_of_its_family_with_the_highest_validation_accuracy() -> None:
+    """A variant (``fashion-rcsnn-…``) replaces the target's own run in the targets' table only by a higher
+    validation accuracy, never by its test accuracy, and only once it has run every planned epoch; a run
+    without a validation split, or of another target's family, is never kept. The replaced run moves to
+    the table beside the targets."""
+    render = benchmark_script("render_results")
+    runs = {r["name"]: r for r in json.loads((ROOT / "results" / "accuracy.json").read_text())["runs"]}
+    own = dict(runs["fashion-rcsnn"], name="fashion-rcsnn", val_accuracy=0.9200, test_accuracy=0.9100, epochs=20, epochs_planned=20)
+    base = {name: r for name, r in runs.items() if not name.startswith("fashion-rcsnn")} | {"fashion-rcsnn": own}
+
+    def kept_with(**variant) -> str:
+        v = dict(own, name="fashion-rcsnn-x", **variant)
+        return render.kept_runs({**base, v["name"]: v})["fashion-rcsnn"]["name"]
+
+    assert kept_with(val_accuracy=0.9204, test_accuracy=0.9000) == "fashion-rcsnn-x"   # higher validation, lower test
+    assert kept_with(val_accuracy=0.9196, test_accuracy=0.9300) == "fashion-rcsnn"     # higher test only
+    assert kept_with(val_accuracy=0.9200) == "fashion-rcsnn"                           # a tie keeps the target's own run
+    assert kept_with(val_accuracy=0.9300, epochs=17) == "fashion-rcsnn"                # stopped at 17 of 20: not judged
+    assert kept_with(val_accuracy=None) == "fashion-rcsnn"                             # no validation split
+    assert render.kept_runs({**base, "fashion-rcsnnx": dict(own, name="fashion-rcsnnx", val_accuracy=0.99)})["fashion-rcsnn"]["name"] == "fashion-rcsnn"
+    v = dict(own, name="fashion-rcsnn-x", val_accuracy=0.9300)
+    table = render.accuracy_table({**base, "fashion-rcsnn-x": v})
+    assert any(line.startswith("| fashion-rcsnn (`fashion-rcsnn-x`) | ") and "| 93.00 % | **91.00 %** |" in line for line in table)
+    beside = render.other_runs_table({**base, "fashion-rcsnn-x": v})
+    assert [line.split(" | ")[0] for line in beside if line.startswith("| fashion-")] == ["| fashion-rcsnn"]
