@@ -292,7 +292,7 @@ def optional_clauses(names: list[str]) -> list[str]:
     return [f"a dense hidden layer between the convolutions and the readout in {', '.join(dense)}; " if dense else "",
             ("the real weights of binary layers clipped to ±cα after every step (`binary_clip = c`, so a step can "
              f"still flip a sign) in {', '.join(clipped)}; ") if clipped else "",
-            ("each convolution's output-channel kernel norms held at their initial values after every step "
+            ("each neuron's incoming weight norm (a convolution's output-channel kernel) held at its initial value after every step "
              f"(`norm_projection`, docs/algorithm.md) in {', '.join(normed)}; ") if normed else ""]
 
 
