@@ -271,8 +271,8 @@ def runs_where(test, names: list[str]) -> list[str]:
 
 def padded_networks(names: list[str]) -> str:
     """The Fashion-MNIST runs' networks as configured, e.g. "`48C5p2-P2-96C5p2-P2-10` in fashion-bcsnn"."""
-    names = runs_where(lambda c: c.train.dataset == "fashion-mnist", names)
-    return ", ".join(f"`{run_config(name).model.network}` in {name}" for name in names)
+    fashion = runs_where(lambda c: c.train.dataset == "fashion-mnist", names)
+    return ", ".join(f"`{run_config(name).model.network}` in {name}" for name in fashion)
 
 
 def hidden_dense(config) -> bool:
@@ -301,10 +301,10 @@ def revival_clauses(names: list[str]) -> tuple[str, str]:
     revived = {name: run_config(name).rule.revival for name in runs_where(lambda c: c.rule.revival, names)}
     if not revived:
         return "no revival", ""
-    names = ", ".join(f"{name} (ρ = {rho:g})" for name, rho in revived.items())
+    listed = ", ".join(f"{name} (ρ = {rho:g})" for name, rho in revived.items())
     return ("revival only where named below",
             f"revival of silent hidden neurons (`revival = ρ`: a silent neuron gets the part of the displacement that "
-            f"asks it to fire) in {names}; ")
+            f"asks it to fire) in {listed}; ")
 
 
 def width_cost() -> str:
